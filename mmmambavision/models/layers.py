@@ -1,0 +1,179 @@
+"""Building blocks of MambaVision: stem, convolutional blocks, windowing, attention and the hybrid block.
+
+Module and parameter names follow the published checkpoints so that their weights load without conversion.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mixer import MambaVisionMixer
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (the residual branch is dropped for a whole sample)."""
+    if drop_prob == 0. or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0], ) + (1, ) * (x.ndim - 1)
+    mask = x.new_empty(shape).bernoulli_(keep_prob)
+    return x * mask.div_(keep_prob)
+
+
+class DropPath(nn.Module):
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.3f}'
+
+
+class PatchEmbed(nn.Module):
+    """Stem: two stride-2 3x3 convolutions (no bias), each followed by BatchNorm (eps 1e-4) and ReLU."""
+
+    def __init__(self, in_channels: int, in_dim: int, dim: int):
+        super().__init__()
+        self.conv_down = nn.Sequential(
+            nn.Conv2d(in_channels, in_dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(in_dim, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(dim, eps=1e-4),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_down(x)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution doubling the width (no bias, no norm)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, 2, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(x)
+
+
+class ConvBlock(nn.Module):
+    """Residual block ``x + BN(Conv(GELU_tanh(BN(Conv(x)))))`` of stages 1-2."""
+
+    def __init__(self, dim: int, drop_path: float = 0., layer_scale: Optional[float] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.act1 = nn.GELU(approximate='tanh')  # the published weights were trained with the tanh GELU
+        self.conv2 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
+        if layer_scale is not None:
+            self.gamma = nn.Parameter(layer_scale * torch.ones(dim))
+        else:
+            self.gamma = None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        if self.gamma is not None:
+            x = x * self.gamma.view(1, -1, 1, 1)
+        return shortcut + self.drop_path(x)
+
+
+class Mlp(nn.Module):
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a window's tokens (qkv with bias, scaled dot product)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+
+
+class HybridBlock(nn.Module):
+    """Pre-norm block of stages 3-4: ``x + g1 * Mixer(LN(x))``, ``x + g2 * MLP(LN(x))``.
+
+    The mixer is the MambaVision mixer or window self-attention (``use_attention``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, use_attention: bool, mlp_ratio: float = 4.,
+                 drop_path: float = 0., layer_scale: Optional[float] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = Attention(dim, num_heads) if use_attention else MambaVisionMixer(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        if layer_scale is not None:
+            self.gamma_1 = nn.Parameter(layer_scale * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(layer_scale * torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mixer(self.norm1(x))
+        if self.gamma_1 is not None:
+            y = y * self.gamma_1
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            y = y * self.gamma_2
+        return x + self.drop_path(y)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """(B, C, H, W) with H, W multiples of ``window_size`` -> (B * nH * nW, window_size**2, C), row-major."""
+    batch, channels, height, width = x.shape
+    x = x.view(batch, channels, height // window_size, window_size, width // window_size, window_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window_size * window_size, channels)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: -> (B, C, height, width)."""
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window_size, width // window_size, window_size, window_size, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
+
+
+def pad_to_window(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Zero-pad right and bottom to a multiple of the window (the padding is not masked later)."""
+    height, width = x.shape[-2:]
+    pad_b = (window_size - height % window_size) % window_size
+    pad_r = (window_size - width % window_size) % window_size
+    if pad_b or pad_r:
+        x = F.pad(x, (0, pad_r, 0, pad_b))
+    return x
+
+
+def num_windows(size: int, window_size: int) -> int:
+    return math.ceil(size / window_size)

@@ -1,0 +1,260 @@
+"""MambaVision backbone for OpenMMLab detection and segmentation.
+
+Paper: Hatamizadeh & Kautz, "MambaVision: A Hybrid Mamba-Transformer Vision Backbone", CVPR 2025
+(arXiv 2407.08083). Original code: https://github.com/NVlabs/MambaVision (NVIDIA Source Code License-NC; this
+file is an independent implementation, nothing of it is copied). Published weights (Hugging Face hub,
+nvidia/MambaVision-*-1K) are CC-BY-NC-SA-4.0: non-commercial. Module paths match those weights so that
+``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads them without conversion.
+"""
+import copy
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from .layers import (ConvBlock, Downsample, HybridBlock, PatchEmbed, pad_to_window, window_partition,
+                     window_reverse)
+
+
+class MambaVisionLevel(nn.Module):
+    """One stage: conv blocks (stages 1-2) or windowed hybrid blocks (stages 3-4), then an optional downsample.
+
+    Hybrid stages pad the map once to a multiple of the window, run every block on the same window sequences
+    (the last ``depth // 2`` blocks use attention) and crop back.
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, conv: bool, window_size: int,
+                 downsample: bool, drop_path: Sequence[float], mlp_ratio: float = 4.,
+                 layer_scale: Optional[float] = None, layer_scale_conv: Optional[float] = None):
+        super().__init__()
+        self.conv = conv
+        self.window_size = window_size
+        self.with_cp = False
+        if conv:
+            self.blocks = nn.ModuleList(
+                ConvBlock(dim, drop_path=drop_path[i], layer_scale=layer_scale_conv) for i in range(depth))
+        else:
+            first_attention = depth - depth // 2
+            self.blocks = nn.ModuleList(
+                HybridBlock(dim, num_heads, use_attention=i >= first_attention, mlp_ratio=mlp_ratio,
+                            drop_path=drop_path[i], layer_scale=layer_scale) for i in range(depth))
+        self.downsample = Downsample(dim) if downsample else None
+
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the stage output before the downsample."""
+        if self.conv:
+            return self._run_blocks(x)
+        height, width = x.shape[-2:]
+        x = pad_to_window(x, self.window_size)
+        padded_h, padded_w = x.shape[-2:]
+        x = window_partition(x, self.window_size)
+        x = self._run_blocks(x)
+        x = window_reverse(x, self.window_size, padded_h, padded_w)
+        if padded_h != height or padded_w != width:
+            x = x[:, :, :height, :width].contiguous()
+        return x
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+_ARCH_FIELDS = {'dim', 'in_dim', 'depths', 'num_heads', 'mlp_ratio', 'layer_scale', 'layer_scale_conv',
+                'drop_path_rate'}
+_ARCH_REQUIRED = {'dim', 'in_dim', 'depths', 'num_heads'}
+
+
+@MODELS.register_module()
+class MambaVision(BaseModule):
+    """MambaVision backbone emitting four NCHW maps at strides 4, 8, 16, 32 (widths dim x 1, 2, 4, 8).
+
+    Each output is the stage's feature before its downsample, through a LayerNorm over channels
+    (``outnorm{i}``), as in the published detection and segmentation models.
+
+    Args:
+        arch: one of ``'tiny' 'tiny2' 'small' 'base' 'large' 'large2'`` (aliases ``t t2 s b l l2``) or a dict
+            with ``dim``, ``in_dim``, ``depths`` (4 ints), ``num_heads`` (4 ints) and optionally ``mlp_ratio``,
+            ``layer_scale``, ``layer_scale_conv``, ``drop_path_rate``.
+        in_channels: input channels.
+        out_indices: stages to output, each in 0..3.
+        window_size: window side per stage (four positive ints; stages 1-2 are convolutional and ignore it).
+            Classification used (8, 8, 14, 7), the published detection runs (8, 8, 112, 56), segmentation
+            (8, 8, 64, 32). No weight depends on it, but outputs do (padding is not masked).
+        drop_path_rate: stochastic depth, linear over all blocks; ``None`` means the arch's published value.
+        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and stages 0..k-1 (with their downsample
+            and output norm).
+        norm_eval: keep BatchNorm layers in eval mode during training.
+        with_cp: gradient checkpointing per block.
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint='checkpoints/x.pth.tar')``.
+    """
+
+    arch_settings: Dict[str, dict] = {
+        'tiny': dict(dim=80, in_dim=32, depths=(1, 3, 8, 4), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        'tiny2': dict(dim=80, in_dim=32, depths=(1, 3, 11, 4), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        'small': dict(dim=96, in_dim=64, depths=(3, 3, 7, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        'base': dict(dim=128, in_dim=64, depths=(3, 3, 10, 5), num_heads=(2, 4, 8, 16), layer_scale=1e-5,
+                     drop_path_rate=0.3),
+        'large': dict(dim=196, in_dim=64, depths=(3, 3, 10, 5), num_heads=(4, 8, 16, 32), layer_scale=1e-5,
+                      drop_path_rate=0.3),
+        'large2': dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), layer_scale=1e-5,
+                       drop_path_rate=0.3),
+    }
+    arch_aliases = {'t': 'tiny', 't2': 'tiny2', 's': 'small', 'b': 'base', 'l': 'large', 'l2': 'large2'}
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 window_size: Sequence[int] = (8, 8, 14, 7),
+                 drop_path_rate: Optional[float] = None,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None):
+        super().__init__(init_cfg=init_cfg)
+        arch = self._resolve_arch(arch)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices):
+            raise ValueError(f'out_indices must be a non-empty sequence of ints in 0..3, got {out_indices!r}')
+        window_size = tuple(window_size) if isinstance(window_size, (list, tuple)) else window_size
+        if (not isinstance(window_size, tuple) or len(window_size) != 4
+                or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window_size)):
+            raise ValueError(f'window_size must be four positive ints (one per stage), got {window_size!r}')
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be an int in -1..4, got {frozen_stages!r}')
+        if drop_path_rate is None:
+            drop_path_rate = arch.get('drop_path_rate', 0.)
+        if not 0. <= drop_path_rate < 1.:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+
+        self.arch = arch
+        self.in_channels = in_channels
+        self.out_indices = out_indices
+        self.window_size = window_size
+        self.drop_path_rate = drop_path_rate
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        dim, depths = arch['dim'], tuple(arch['depths'])
+        self.num_features = tuple(dim * 2 ** i for i in range(4))
+        self.patch_embed = PatchEmbed(in_channels, arch['in_dim'], dim)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.levels = nn.ModuleList()
+        for i in range(4):
+            level = MambaVisionLevel(
+                dim=self.num_features[i], depth=depths[i], num_heads=arch['num_heads'][i], conv=i < 2,
+                window_size=window_size[i], downsample=i < 3,
+                drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=arch.get('mlp_ratio', 4.),
+                layer_scale=arch.get('layer_scale'), layer_scale_conv=arch.get('layer_scale_conv'))
+            level.with_cp = with_cp
+            self.levels.append(level)
+        for i in out_indices:
+            self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))
+        self._freeze_stages()
+
+    @classmethod
+    def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            name = cls.arch_aliases.get(arch.lower(), arch.lower())
+            if name not in cls.arch_settings:
+                valid = sorted(cls.arch_settings) + sorted(cls.arch_aliases)
+                raise ValueError(f'arch {arch!r} is not a MambaVision size; valid: {", ".join(valid)}')
+            return copy.deepcopy(cls.arch_settings[name])
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
+        missing = _ARCH_REQUIRED - set(arch)
+        unknown = set(arch) - _ARCH_FIELDS
+        if missing or unknown:
+            raise ValueError(f'arch dict: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}; '
+                             f'allowed: {sorted(_ARCH_FIELDS)}')
+        for key in ('depths', 'num_heads'):
+            if len(arch[key]) != 4:
+                raise ValueError(f'arch[{key!r}] must have 4 entries, got {arch[key]!r}')
+        return copy.deepcopy(dict(arch))
+
+    def _freeze_stages(self) -> None:
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        for i in range(max(self.frozen_stages, 0)):
+            frozen.append(self.levels[i])
+            if hasattr(self, f'outnorm{i}'):
+                frozen.append(getattr(self, f'outnorm{i}'))
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def init_weights(self) -> None:
+        pretrained = self._pretrained_cfg()
+        if pretrained is None and self.init_cfg is not None:
+            super().init_weights()
+            return
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.endswith('dt_proj'):
+                nn.init.trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if pretrained is not None:
+            from ..checkpoint import load_pretrained
+            load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'),
+                            map_location=pretrained.get('map_location', 'cpu'))
+        self._is_init = True
+
+    def _pretrained_cfg(self) -> Optional[dict]:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        for cfg in cfgs:
+            if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+                if not cfg.get('checkpoint'):
+                    raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
+                return cfg
+        return None
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError(f'MambaVision expects input x of shape (N, C, H, W), got {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'input x has {x.shape[1]} channels but in_channels={self.in_channels}')
+        x = self.patch_embed(x)
+        outs = []
+        last = max(self.out_indices)
+        for i, level in enumerate(self.levels):
+            x = level(x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'outnorm{i}')(x))
+            if i == last:
+                break
+            x = level.downsample(x)
+        return tuple(outs)
