@@ -1,0 +1,217 @@
+"""Selective scan (Mamba's S6 recurrence) with automatic backend dispatch.
+
+``selective_scan`` has the semantics and dtype rules of mamba-ssm's ``selective_scan_fn`` and picks, once per
+process and device type, the fastest backend that works here:
+
+* ``cuda``   — mamba-ssm's compiled ``selective_scan_cuda`` extension behind our own autograd Function
+  (CUDA tensors, when the extension imports; the ``mamba_ssm`` Python package is never imported);
+* ``triton`` — our own Triton kernels, forward and backward (CUDA tensors, nothing to compile);
+* ``torch``  — a chunked time-major loop with an analytic backward (any device).
+
+Override with ``backend=`` or the environment variable ``MMMV_SCAN_BACKEND`` (``auto``, ``cuda``, ``triton``,
+``torch``); the argument wins over the variable.
+"""
+import importlib
+import logging
+import os
+import threading
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scan_reference import expand_bc
+from .scan_torch import selective_scan_torch
+
+BACKENDS = ('cuda', 'triton', 'torch')
+ENV_VAR = 'MMMV_SCAN_BACKEND'
+_ALLOWED = ('auto',) + BACKENDS
+
+_lock = threading.Lock()
+_probe_cache: Dict[str, Tuple[bool, str]] = {}
+_selected: Dict[Tuple[str, Optional[str]], str] = {}
+
+
+def _log(message: str) -> None:
+    try:
+        from mmengine.logging import print_log
+    except ImportError:  # mmengine is a dependency, but the op must not need it
+        logging.getLogger(__name__).info(message)
+    else:
+        print_log(message, logger='current', level=logging.INFO)
+
+
+def _probe(name: str) -> Tuple[bool, str]:
+    """Whether the backend's module imports here (cached; runs at first use, never at package import)."""
+    with _lock:
+        if name not in _probe_cache:
+            module = {'cuda': 'selective_scan_cuda', 'triton': 'triton'}[name]
+            try:
+                importlib.import_module(module)
+                if name == 'triton':
+                    importlib.import_module('mmmambavision.ops.scan_triton')
+                _probe_cache[name] = (True, '')
+            except Exception as error:  # ImportError, or an OSError/undefined symbol from a stale build
+                _probe_cache[name] = (False, f'{module} does not import ({type(error).__name__}: {error})')
+        return _probe_cache[name]
+
+
+def cuda_kernel_available() -> bool:
+    """True when mamba-ssm's compiled ``selective_scan_cuda`` imports."""
+    return _probe('cuda')[0]
+
+
+def triton_available() -> bool:
+    """True when Triton and our kernels import."""
+    return _probe('triton')[0]
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
+
+
+def _check_name(backend: Optional[str], source: str) -> str:
+    name = 'auto' if backend is None else str(backend).strip().lower()
+    if name not in _ALLOWED:
+        raise ValueError(f'{source} must be one of {_ALLOWED} (or None for auto); got {backend!r}')
+    return name
+
+
+def _requested() -> Tuple[str, str]:
+    value = os.environ.get(ENV_VAR)
+    if value is None or value.strip() == '':
+        return 'auto', ''
+    return _check_name(value, f'environment variable {ENV_VAR}'), f' ({ENV_VAR}={value})'
+
+
+def _require(name: str, device_type: str, source: str) -> None:
+    """Raise a clear error when an explicitly requested backend cannot run on this device."""
+    if name == 'torch':
+        return
+    if name == 'cuda' and device_type != 'cuda':
+        raise RuntimeError(f"selective_scan backend 'cuda' was requested{source} but the tensors are on "
+                           f"'{device_type}'; it runs on CUDA tensors only (use 'torch' or 'auto')")
+    if name == 'triton' and device_type != 'cuda' and not (device_type == 'cpu' and _triton_interpret()):
+        raise RuntimeError(f"selective_scan backend 'triton' was requested{source} but the tensors are on "
+                           f"'{device_type}'; it runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1)")
+    ok, why = _probe(name)
+    if not ok:
+        hint = ('build mamba-ssm (selective_scan_cuda)' if name == 'cuda' else 'pip install triton')
+        raise RuntimeError(f"selective_scan backend '{name}' was requested{source} but {why}; {hint}, "
+                           f"or use backend='auto'")
+
+
+def selected_backend(device: Union[str, torch.device, None] = None, backend: Optional[str] = None) -> str:
+    """The backend ``selective_scan`` uses for tensors on ``device``.
+
+    Args:
+        device: a device or its type ('cuda', 'cpu', ...); None means 'cpu'.
+        backend: 'auto'/None, 'cuda', 'triton' or 'torch'; overrides ``MMMV_SCAN_BACKEND``.
+
+    Returns:
+        The backend name. An automatic choice is made once per process and device type, and logged once.
+
+    Raises:
+        ValueError: an unknown backend name (argument or environment variable).
+        RuntimeError: an explicitly requested backend that cannot run on this device.
+    """
+    device_type = torch.device(device).type if device is not None else 'cpu'
+    name = _check_name(backend, 'selective_scan argument backend')
+    source = f" (backend='{name}')"
+    if name == 'auto':
+        name, source = _requested()
+    if name != 'auto':
+        _require(name, device_type, source)
+        return name
+    key = (device_type, os.environ.get(ENV_VAR))
+    with _lock:
+        chosen = _selected.get(key)
+    if chosen is not None:
+        return chosen
+    reasons = []
+    chosen = 'torch'
+    if device_type == 'cuda':
+        for candidate in ('cuda', 'triton'):
+            ok, why = _probe(candidate)
+            if ok:
+                chosen = candidate
+                break
+            reasons.append(why)
+    with _lock:
+        first = key not in _selected
+        _selected.setdefault(key, chosen)
+    if first:
+        note = f" ({'; '.join(reasons)})" if reasons else ''
+        _log(f"mmmambavision selective_scan: using the '{chosen}' backend for {device_type} tensors{note}")
+    return chosen
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f'u and delta must both be (batch, dim, length); got {tuple(u.shape)} and '
+                         f'{tuple(delta.shape)}')
+    batch, dim, length = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f'A must be (dim, d_state) = ({dim}, n); got {tuple(A.shape)}')
+    if A.is_complex():
+        raise NotImplementedError('complex A is not supported')
+    for name, tensor in (('B', B), ('C', C)):
+        ok = ((tensor.dim() == 3 and tensor.shape == (batch, A.shape[1], length))
+              or (tensor.dim() == 4 and tensor.shape[0] == batch and tensor.shape[2:] == (A.shape[1], length)
+                  and dim % tensor.shape[1] == 0)
+              or (tensor.dim() == 2 and tensor.shape == A.shape))
+        if not ok:
+            raise ValueError(f'{name} must be (batch, d_state, length), (batch, groups, d_state, length) with '
+                             f'dim divisible by groups, or (dim, d_state); got {tuple(tensor.shape)} for u '
+                             f'{tuple(u.shape)} and A {tuple(A.shape)}')
+    for name, tensor in (('D', D), ('delta_bias', delta_bias)):
+        if tensor is not None and tensor.shape != (dim,):
+            raise ValueError(f'{name} must be ({dim},); got {tuple(tensor.shape)}')
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f'z must have the shape of u {tuple(u.shape)}; got {tuple(z.shape)}')
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                   return_last_state: bool = False,
+                   backend: Optional[str] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Selective scan with mamba-ssm ``selective_scan_fn`` semantics, differentiable.
+
+    ``Δ = softplus(delta + delta_bias)`` (softplus only with ``delta_softplus``),
+    ``h_t = exp(Δ_t·A)·h_{t-1} + Δ_t·u_t·B_t``, ``y_t = C_t·h_t + D·u_t``, then ``y *= silu(z)`` when z is given.
+    Math in fp32 whatever the inputs (fp16, bf16 or fp32); output in u's dtype.
+
+    Args:
+        u, delta: (batch, dim, length).
+        A: (dim, d_state), fp32.
+        B, C: (batch, d_state, length), (batch, groups, d_state, length) (channel c reads group
+            c // (dim / groups)), or time-invariant (dim, d_state).
+        D, delta_bias: (dim,) fp32, optional.
+        z: (batch, dim, length) gate, optional.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return the final state h_L, (batch, dim, d_state) fp32, which (as in
+            mamba-ssm) carries no gradient.
+        backend: None/'auto', 'cuda', 'triton' or 'torch'; overrides the ``MMMV_SCAN_BACKEND`` variable.
+
+    Returns:
+        y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    name = selected_backend(u.device, backend)
+    if name == 'cuda':
+        from .scan_cuda import selective_scan_cuda_fn
+        y, last_state = selective_scan_cuda_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (y, last_state) if return_last_state else y
+    batch, dim, length = u.shape
+    B = expand_bc(B, batch, dim, length)
+    C = expand_bc(C, batch, dim, length)
+    out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
+    if name == 'triton':
+        from .scan_triton import selective_scan_triton
+        y, last_state = selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    else:
+        y, last_state = selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    if z is not None:
+        y = (y * F.silu(z.to(y.dtype))).to(u.dtype)
+    return (y, last_state) if return_last_state else y

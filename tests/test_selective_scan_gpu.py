@@ -1,0 +1,170 @@
+"""Selective scan on CUDA: Triton kernels and mamba-ssm's selective_scan_cuda vs float64 and each other.
+
+Skipped without CUDA; the cuda-kernel comparisons are skipped where ``selective_scan_cuda`` does not import, the
+Triton ones where Triton does not. Run with ``-s`` to see the error table.
+"""
+import pytest
+import torch
+
+from mmmambavision.ops import selected_backend, selective_scan, selective_scan_reference
+from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+needs_cuda_kernel = pytest.mark.skipif(not torch.cuda.is_available() or not cuda_kernel_available(),
+                                       reason='selective_scan_cuda (mamba-ssm) is not built')
+needs_triton = pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(),
+                                  reason='triton is not installed')
+
+# max |got - want| / max |want| vs float64 on the same (rounded) inputs; the CUDA kernel uses fast math
+TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# MambaVision-T: classification stage 3 (window 14) and 4 (window 7) for 128 images; detection windows (bs 2)
+REAL_SHAPES = [(128, 160, 196), (128, 320, 49), (2, 160, 12544), (2, 320, 3136)]
+
+
+def make_inputs(shape, dtype, dstate=8, groups=None, seed=0):
+    batch, dim, length = shape
+    gen = torch.Generator().manual_seed(seed)
+    bc_shape = (batch, dstate, length) if groups is None else (batch, groups, dstate, length)
+    x = dict(u=torch.randn(batch, dim, length, generator=gen),
+             delta=torch.randn(batch, dim, length, generator=gen) * 0.5,
+             A=-torch.exp(torch.rand(dim, dstate, generator=gen) * 2.7),
+             B=torch.randn(bc_shape, generator=gen), C=torch.randn(bc_shape, generator=gen),
+             D=torch.randn(dim, generator=gen), delta_bias=torch.rand(dim, generator=gen) * 4 - 6)
+    for k in ('u', 'delta', 'B', 'C'):
+        x[k] = x[k].to(dtype)
+    return {k: v.cuda() for k, v in x.items()}
+
+
+def relative_error(got, want):
+    """Max error relative to the reference's largest magnitude; absolute where the reference is exactly 0.
+
+    (dA at L=1 is exactly 0: h_{-1} = 0, so any rounding would make a relative error meaningless.)"""
+    scale = want.double().abs().max()
+    error = (got.double() - want.double()).abs().max()
+    return (error / scale if scale > 0 else error).item()
+
+
+def float64_truth(inputs, grad_out, **kwargs):
+    """Values and last state from the sequential loop; gradients from autograd through it."""
+    leaves = {k: v.double().requires_grad_(True) for k, v in inputs.items()}
+    y, last = selective_scan_reference(**leaves, return_last_state=True, **kwargs)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.double())
+    return y.detach(), last, dict(zip(leaves, grads))
+
+
+def run_backend(backend, inputs, grad_out, **kwargs):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    y, last = selective_scan(**leaves, return_last_state=True, backend=backend, **kwargs)
+    assert y.dtype == inputs['u'].dtype and last.dtype == torch.float32
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
+    for name, grad in zip(leaves, grads):
+        assert grad.dtype == leaves[name].dtype and grad.shape == leaves[name].shape, name
+    return y.detach(), last, dict(zip(leaves, grads))
+
+
+def errors(result, truth):
+    y, last, grads = result
+    out = {'y': relative_error(y, truth[0]), 'last_state': relative_error(last, truth[1])}
+    out.update({f'd{k}': relative_error(g, truth[2][k]) for k, g in grads.items()})
+    return out
+
+
+def assert_close_to(result, truth, tolerance, label):
+    y, _, grads = result
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads.values()), label
+    errs = errors(result, truth)
+    worst = max(errs, key=errs.get)
+    print(f'{label}: worst {worst} {errs[worst]:.2e}')
+    assert errs[worst] <= tolerance, (label, errs)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d).split('.')[-1])
+@pytest.mark.parametrize('shape', REAL_SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+def test_triton_and_cuda_kernel_match_float64_and_each_other(shape, dtype):
+    backends = [b for b, ok in (('triton', triton_available()), ('cuda', cuda_kernel_available())) if ok]
+    if not backends:
+        pytest.skip('neither triton nor selective_scan_cuda is available')
+    inputs = make_inputs(shape, dtype)
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda().to(dtype)
+    truth = float64_truth(inputs, grad_out, delta_softplus=True)
+    results = {}
+    for backend in backends:
+        results[backend] = run_backend(backend, inputs, grad_out, delta_softplus=True)
+        assert_close_to(results[backend], truth, TOLERANCE[dtype], f'{backend} {shape} {dtype}')
+    if len(results) == 2:
+        triton_result, cuda_result = results['triton'], results['cuda']
+        agreement = errors(triton_result, (cuda_result[0].double(), cuda_result[1],
+                                           {k: g.double() for k, g in cuda_result[2].items()}))
+        worst = max(agreement, key=agreement.get)
+        assert agreement[worst] <= TOLERANCE[dtype], ('triton vs cuda', agreement)
+
+
+@needs_triton
+@pytest.mark.parametrize('variant', ['d_state_16', 'd_state_3', 'grouped', 'z_gate', 'no_softplus_no_bias_no_D',
+                                     'time_invariant_B_C', 'stress'])
+def test_triton_variants_match_float64(variant):
+    kwargs = dict(delta_softplus=True)
+    shape = (3, 24, 1000)
+    if variant == 'd_state_16':
+        inputs = make_inputs(shape, torch.float32, dstate=16)
+    elif variant == 'd_state_3':
+        inputs = make_inputs(shape, torch.float32, dstate=3)
+    elif variant == 'grouped':
+        inputs = make_inputs(shape, torch.float32, groups=4)
+    elif variant == 'z_gate':
+        inputs = make_inputs(shape, torch.float32)
+        inputs['z'] = torch.randn(shape, device='cuda')
+    elif variant == 'no_softplus_no_bias_no_D':
+        inputs = make_inputs(shape, torch.float32)
+        inputs['delta'] = inputs['delta'].abs()
+        inputs['D'] = inputs['delta_bias'] = None
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        kwargs['delta_softplus'] = False
+    elif variant == 'time_invariant_B_C':
+        inputs = make_inputs(shape, torch.float32)
+        inputs['B'] = torch.randn(24, 8, device='cuda')
+        inputs['C'] = torch.randn(24, 8, device='cuda')
+    else:
+        inputs = make_inputs(shape, torch.float32)
+        inputs['delta'] = inputs['delta'] * 20
+        inputs['delta_bias'] = torch.linspace(-2, 20, 24, device='cuda')
+        inputs['A'] = -torch.rand(24, 8, device='cuda') * 30
+    grad_out = torch.randn(shape, device='cuda')
+    truth = float64_truth(inputs, grad_out, **kwargs)
+    assert_close_to(run_backend('triton', inputs, grad_out, **kwargs), truth, 1e-4, f'triton {variant}')
+
+
+@needs_triton
+@pytest.mark.parametrize('length', [1, 7, 49, 196, 257, 2049, 4096])
+def test_triton_lengths_match_float64(length):
+    inputs = make_inputs((2, 16, length), torch.float32)
+    grad_out = torch.randn((2, 16, length), device='cuda')
+    truth = float64_truth(inputs, grad_out, delta_softplus=True)
+    assert_close_to(run_backend('triton', inputs, grad_out, delta_softplus=True), truth, 1e-4,
+                    f'triton L={length}')
+
+
+@needs_cuda_kernel
+def test_cuda_kernel_z_gate_and_last_state_match_float64():
+    shape = (2, 32, 3000)  # two of the kernel's 2048-step chunks: last state comes from the last one
+    inputs = make_inputs(shape, torch.float32)
+    inputs['z'] = torch.randn(shape, device='cuda')
+    grad_out = torch.randn(shape, device='cuda')
+    truth = float64_truth(inputs, grad_out, delta_softplus=True)
+    assert_close_to(run_backend('cuda', inputs, grad_out, delta_softplus=True), truth, TOLERANCE[torch.float32],
+                    'cuda z gate')
+
+
+def test_auto_backend_on_cuda_prefers_the_compiled_kernel_then_triton():
+    expected = 'cuda' if cuda_kernel_available() else 'triton' if triton_available() else 'torch'
+    assert selected_backend('cuda') == expected
+
+
+def test_torch_backend_runs_on_cuda_tensors():
+    inputs = make_inputs((2, 16, 300), torch.bfloat16)
+    grad_out = torch.randn((2, 16, 300), device='cuda')
+    truth = float64_truth(inputs, grad_out, delta_softplus=True)
+    assert_close_to(run_backend('torch', inputs, grad_out, delta_softplus=True), truth,
+                    TOLERANCE[torch.bfloat16], 'torch on cuda bf16')

@@ -1,0 +1,303 @@
+"""Benchmark the selective-scan backends: one table of backend × shape × dtype.
+
+Columns: forward ms, forward+backward ms, peak MiB (CUDA: peak allocated above the inputs; CPU: growth of the
+process's resident high-water mark, measured in a fresh process with glibc's mmap threshold at 128 KiB
+so that freed buffers leave the resident set), max relative error of y and of the worst input gradient vs float64.
+float64 truth: values from the sequential loop (``selective_scan_reference``), gradients from the torch backend
+run in float64 (the tests tie it to the loop at 1e-10).
+
+On CPU the table also has ``ref-loop``: our own straightforward equivalent of mamba-ssm's ``selective_scan_ref``
+algorithm (fp32; exp(Δ·A) and Δ·B·u for the whole sequence up front, then a Python loop over L with autograd;
+mamba-ssm itself is not installed on the CPU machines), measured in the same run.
+
+Usage::
+
+    python tools/benchmark_scan.py --device cpu
+    python tools/benchmark_scan.py --device cuda
+    python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton block sizes
+"""
+import argparse
+import os
+import subprocess
+import sys
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mmmambavision.ops import selective_scan, selective_scan_reference
+from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+DEFAULT_SHAPES = {
+    # MambaVision-T: stage 3/4 classification windows (128 images), detection windows at 800×1344 (bs 2)
+    'cuda': ['128x160x196', '128x320x49', '2x160x12544', '2x320x3136'],
+    'cpu': ['1x160x3136', '8x160x196', '8x320x49'],
+}
+REF_LOOP_SHAPES = ['1x160x3136']
+
+
+def reference_style_loop(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Straightforward equivalent of mamba-ssm's selective_scan_ref algorithm (written here, fp32)."""
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))
+    drive = torch.einsum('bdl,bnl,bdl->bdln', delta, B.float(), u)
+    state = A.new_zeros((u.shape[0], u.shape[1], A.shape[1]))
+    ys = []
+    for t in range(u.shape[2]):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        ys.append(torch.einsum('bdn,bn->bd', state, C[:, :, t].float()))
+    y = torch.stack(ys, dim=2)
+    y = y + u * D[:, None]
+    return y.to(dtype_in)
+
+
+def make_inputs(shape, dstate, dtype, device, seed=0):
+    batch, dim, length = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = dict(u=torch.randn(batch, dim, length, generator=gen),
+             delta=torch.randn(batch, dim, length, generator=gen) * 0.5,
+             A=-torch.exp(torch.rand(dim, dstate, generator=gen) * 2.7),  # -(1..15), like -exp(A_log)
+             B=torch.randn(batch, dstate, length, generator=gen),
+             C=torch.randn(batch, dstate, length, generator=gen),
+             D=torch.ones(dim), delta_bias=torch.rand(dim, generator=gen) * 4 - 6)
+    for k in ('u', 'delta', 'B', 'C'):
+        x[k] = x[k].to(dtype)
+    return {k: v.to(device) for k, v in x.items()}
+
+
+class PeakMemory:
+    """Peak memory above the starting point: CUDA allocator stats, or the process's resident high-water mark."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self._rss('VmRSS')
+            try:
+                with open('/proc/self/clear_refs', 'w') as f:
+                    f.write('5')  # reset VmHWM
+            except OSError:
+                self.start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            self.mib = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        elif self.start is not None:
+            self.mib = (self._rss('VmHWM') - self.start) / 2**20
+        else:
+            self.mib = float('nan')
+
+    @staticmethod
+    def _rss(key):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def timed(fn, device, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def rel_err(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def float64_truth(inputs, grad_out):
+    x64 = {k: v.double().requires_grad_(True) for k, v in inputs.items()}
+    with torch.no_grad():
+        y = selective_scan_reference(**{k: v.detach() for k, v in x64.items()}, delta_softplus=True)
+    y_chunked = selective_scan(**x64, delta_softplus=True, backend='torch')
+    grads = torch.autograd.grad(y_chunked, list(x64.values()), grad_out.double())
+    return y, dict(zip(x64, grads))
+
+
+def make_forward(backend, leaves):
+    if backend == 'ref-loop':
+        return lambda: reference_style_loop(**leaves, delta_softplus=True)
+    return lambda: selective_scan(**leaves, delta_softplus=True, backend=backend)
+
+
+def cpu_peak_in_fresh_process(backend, shape, dname, dstate, threads):
+    """CPU peak memory of one fwd+bwd, measured in a new process (glibc keeps freed memory resident here)."""
+    command = [sys.executable, os.path.abspath(__file__), '--device', 'cpu', '--peak-case', backend,
+               'x'.join(map(str, shape)), dname, '--dstate', str(dstate)]
+    if threads:
+        command += ['--threads', str(threads)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 17))
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    try:
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float('nan')
+
+
+def peak_case(backend, shape, dname, dstate):
+    inputs = make_inputs(shape, dstate, DTYPES[dname], torch.device('cpu'))
+    leaves = {k: v.requires_grad_(True) for k, v in inputs.items()}
+    forward = make_forward(backend, leaves)
+    with PeakMemory(torch.device('cpu')) as peak:
+        y = forward()
+        torch.autograd.grad(y, list(leaves.values()), torch.ones_like(y))
+    print(f'{peak.mib:.1f}')
+
+
+def run_case(backend, inputs, device, repeats, warmup, truth):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    forward = make_forward(backend, leaves)
+    grad_out = torch.ones(inputs['u'].shape, device=device) if truth is None else truth[2]
+    grad_out = grad_out.to(inputs['u'].dtype)
+
+    def forward_backward():
+        y = forward()
+        return y, torch.autograd.grad(y, list(leaves.values()), grad_out)
+
+    with torch.no_grad():
+        fwd_ms = timed(forward, device, repeats, warmup)
+    slow = backend == 'ref-loop'  # one instrumented run is all the time it deserves
+    both_ms = None if slow else timed(forward_backward, device, repeats, warmup)
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        y, grads = forward_backward()
+        if slow:
+            both_ms = (time.perf_counter() - start) * 1e3
+    err_y = err_g = float('nan')
+    if truth is not None:
+        err_y = rel_err(y, truth[0])
+        err_g = max(rel_err(g, truth[1][k]) for k, g in zip(leaves, grads))
+    return fwd_ms, both_ms, peak.mib, err_y, err_g
+
+
+def tune_triton(shapes, dtypes, dstate, device, repeats):
+    from mmmambavision.ops import scan_triton
+    print('\nTriton block-size sweep (fwd+bwd ms; current heuristic marked *)')
+    for shape in shapes:
+        for dname in dtypes:
+            inputs = make_inputs(shape, dstate, DTYPES[dname], device)
+            batch, dim, length = shape
+            default = scan_triton._block_sizes(batch, dim, dim, length, dstate)
+            results = []
+            for block_d in (1, 2, 4, 8, 16):
+                if dim % block_d:
+                    continue
+                for block_t in (32, 64, 128, 256):
+                    for warps in (2, 4, 8):
+                        if block_d * triton_next_pow2(dstate) * block_t > 16384:
+                            continue
+                        scan_triton._TUNING.update(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps)
+                        try:
+                            ms = run_case('triton', inputs, device, repeats, 2, None)[1]
+                        except Exception as error:  # out of resources etc.
+                            ms = float('inf')
+                            print(f'  {block_d} {block_t} {warps}: {type(error).__name__}')
+                        results.append((ms, block_d, block_t, warps))
+            scan_triton._TUNING.clear()
+            results.sort()
+            best = ', '.join(f'D{d} T{t} w{w}: {ms:.3f}' for ms, d, t, w in results[:4])
+            print(f'{shape_name(shape):>12} {dname}: default D{default[0]} T{default[2]} w{default[3]}; best {best}')
+
+
+def triton_next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
+def shape_name(shape):
+    return '×'.join(str(s) for s in shape)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--shapes', nargs='+', help='BxDxL, e.g. 128x160x196 (defaults depend on the device)')
+    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES), help='default: all on cuda, fp32 on cpu')
+    parser.add_argument('--backends', nargs='+', help='default: every backend available on the device')
+    parser.add_argument('--dstate', type=int, default=8, help='d_state (MambaVision: 8)')
+    parser.add_argument('--repeats', type=int, default=None)
+    parser.add_argument('--no-error', action='store_true', help='skip the float64 comparison')
+    parser.add_argument('--no-ref-loop', action='store_true', help='CPU: skip the selective_scan_ref-style loop')
+    parser.add_argument('--threads', type=int, help='CPU: torch intra-op threads (default: torch\'s choice)')
+    parser.add_argument('--peak-case', nargs=3, metavar=('BACKEND', 'SHAPE', 'DTYPE'), help=argparse.SUPPRESS)
+    parser.add_argument('--tune', action='store_true', help='CUDA: sweep Triton block sizes afterwards')
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.peak_case:
+        backend, shape, dname = args.peak_case
+        peak_case(backend, tuple(int(v) for v in shape.split('x')), dname, args.dstate)
+        return
+    device = torch.device(args.device)
+    shapes = [tuple(int(v) for v in s.lower().split('x')) for s in (args.shapes or DEFAULT_SHAPES[args.device])]
+    dtypes = args.dtypes or (list(DTYPES) if args.device == 'cuda' else ['fp32'])
+    repeats = args.repeats or (20 if args.device == 'cuda' else 3)
+    warmup = 3 if args.device == 'cuda' else 1
+    if args.backends:
+        backends = args.backends
+    elif args.device == 'cuda':
+        backends = [b for b, ok in (('cuda', cuda_kernel_available()), ('triton', triton_available())) if ok]
+        backends.append('torch')
+    else:
+        backends = ['torch'] + ([] if args.no_ref_loop else ['ref-loop'])
+
+    print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"}'
+          f'; torch {torch.__version__}; d_state {args.dstate}; softplus + delta_bias + D, no z; '
+          f'median of {repeats}')
+    header = (f"{'backend':<9} {'shape (b×d×L)':<14} {'dtype':<5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+              f"{'peak MiB':>9} {'err y':>8} {'err grad':>8} {'speed-up':>9}")
+    print(header)
+    print('-' * len(header))
+    for shape in shapes:
+        for dname in dtypes:
+            inputs = make_inputs(shape, args.dstate, DTYPES[dname], device)
+            truth = None
+            if not args.no_error:
+                grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+                y64, grads64 = float64_truth(inputs, grad_out)
+                truth = (y64, grads64, grad_out)
+            rows = {}
+            for backend in backends:
+                if backend == 'ref-loop' and shape_name(shape) not in map(shape_name, [
+                        tuple(int(v) for v in s.split('x')) for s in REF_LOOP_SHAPES]):
+                    continue
+                reps = 1 if backend == 'ref-loop' or (backend == 'torch' and device.type == 'cuda') else repeats
+                rows[backend] = run_case(backend, inputs, device, reps, 0 if reps == 1 else warmup, truth)
+            baseline = rows.get('cuda') or rows.get('ref-loop')
+            for backend, (fwd, both, mib, err_y, err_g) in rows.items():
+                if device.type == 'cpu':
+                    mib = cpu_peak_in_fresh_process(backend, shape, dname, args.dstate, args.threads)
+                speed = f'{baseline[1] / both:8.2f}×' if baseline else ''
+                print(f'{backend:<9} {shape_name(shape):<14} {dname:<5} {fwd:9.3f} {both:11.3f} {mib:9.1f} '
+                      f'{err_y:8.1e} {err_g:8.1e} {speed:>9}', flush=True)
+    print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')
+    if args.tune and device.type == 'cuda':
+        tune_triton(shapes, dtypes, args.dstate, device, repeats)
+
+
+if __name__ == '__main__':
+    main()
