@@ -38,7 +38,7 @@ class _Inert:
 
 
 def _inert_getattr(obj, name, *default):
-    if not isinstance(obj, _Inert):
+    if not (obj is _Inert or isinstance(obj, _Inert)):
         raise pickle.UnpicklingError(f'refusing getattr({type(obj).__name__}, {name!r}) in a checkpoint')
     return _Inert()
 
@@ -63,6 +63,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str) -> Any:
+        module = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}.get(module, module)  # protocol-2 names
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
         if (module, name) in self._INERT:
