@@ -48,6 +48,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     _ALLOWED = {
         ('collections', 'OrderedDict'): collections.OrderedDict,
+        ('collections', 'Counter'): collections.Counter,  # torch's MultiStepLR milestones (mmengine schedulers)
         ('argparse', 'Namespace'): argparse.Namespace,
         ('builtins', 'set'): set,
         ('builtins', 'frozenset'): frozenset,

@@ -3,7 +3,7 @@
     python tools/demo_seg.py                    # ~300 iterations: generate data if absent, train + val, test
     python tools/demo_seg.py --iters 1500       # a longer run (the schedule follows --iters)
 
-Everything runs through ``tools/train.py`` and ``tools/test.py`` (so AMP falls back on CPU, SyncBN reverts),
+Everything runs through ``tools/train.py`` and ``tools/test.py`` (fp32 from scratch, see the config; SyncBN reverts),
 with ``configs/seg/demo_upernet_mambavision_t_synthade.py``. At the end it prints the test mIoU / mAcc / aAcc,
 the checkpoint it tested and the folder of coloured prediction pictures (``--show-dir``).
 """
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
 
     start = time.time()
     train_cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), args.config, '--work-dir', args.work_dir,
-                 '--amp', '--cfg-options', *options]
+                 '--cfg-options', *options]
     if args.resume:
         train_cmd.insert(3, '--resume')
     run(train_cmd)

@@ -96,6 +96,10 @@ optim_wrapper = dict(
             'gamma': dict(decay_mult=0.),
         }))
 
+# fp16 AMP: log the loss scale in every training line and warn if it collapses (gradients beyond fp16's range,
+# e.g. when training from scratch; see mmmambavision.AmpLossScaleHook).
+custom_hooks = [dict(type='AmpLossScaleHook')]
+
 # The learning rate above is for 16 images per step; `--auto-scale-lr` rescales it to the actual batch.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 # Keep the last 3 epochs' checkpoints (each holds the AdamW state).

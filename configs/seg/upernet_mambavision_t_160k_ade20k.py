@@ -41,6 +41,10 @@ optim_wrapper = dict(
             'gamma': dict(decay_mult=0.),
         }))
 
+# fp16 AMP: log the loss scale in every training line and warn if it collapses (gradients beyond fp16's range,
+# e.g. when training from scratch; see mmmambavision.AmpLossScaleHook).
+custom_hooks = [dict(type='AmpLossScaleHook')]
+
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0., power=1.0, begin=1500, end=160000, by_epoch=False),
