@@ -88,6 +88,32 @@ class ConvBlock(nn.Module):
         return shortcut + self.drop_path(x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` that, in inference under fp16/bf16 autocast, stays in the activations' dtype.
+
+    Autocast runs LayerNorm in fp32 and writes an fp32 output that the next matmul casts back to fp16: two extra
+    passes over the activations. Without autograd (``torch.no_grad`` / ``inference_mode``) and with a half-precision
+    input under autocast, this normalises in the input's dtype instead (the kernel's statistics are fp32 either
+    way; the affine parameters are cast once and cached). Training keeps autocast's fp32 LayerNorm: its parameter
+    gradients sum over every token and need fp32 range. Parameters and state dict are ``nn.LayerNorm``'s.
+    """
+
+    _half_cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+                and torch.is_autocast_enabled(x.device.type) and self.weight is not None):
+            weight, bias = self._half_params(x.dtype)
+            return torch.native_layer_norm(x, self.normalized_shape, weight, bias, self.eps)[0]
+        return super().forward(x)
+
+    def _half_params(self, dtype: torch.dtype):
+        key = (dtype, self.weight.device, self.weight.data_ptr(), self.weight._version, self.bias._version)
+        if self._half_cache is None or self._half_cache[0] != key:
+            self._half_cache = (key, self.weight.detach().to(dtype), self.bias.detach().to(dtype))
+        return self._half_cache[1], self._half_cache[2]
+
+
 class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -129,9 +155,9 @@ class HybridBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, use_attention: bool, mlp_ratio: float = 4.,
                  drop_path: float = 0., layer_scale: Optional[float] = None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.mixer = Attention(dim, num_heads) if use_attention else MambaVisionMixer(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
         if layer_scale is not None:

@@ -11,13 +11,12 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ConvBlock, Downsample, HybridBlock, PatchEmbed, pad_to_window, window_partition,
+from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, pad_to_window, window_partition,
                      window_reverse)
 
 
@@ -30,11 +29,12 @@ class MambaVisionLevel(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, conv: bool, window_size: int,
                  downsample: bool, drop_path: Sequence[float], mlp_ratio: float = 4.,
-                 layer_scale: Optional[float] = None, layer_scale_conv: Optional[float] = None):
+                 layer_scale: Optional[float] = None, layer_scale_conv: Optional[float] = None,
+                 with_cp: bool = False):
         super().__init__()
         self.conv = conv
         self.window_size = window_size
-        self.with_cp = False
+        self.with_cp = with_cp
         if conv:
             self.blocks = nn.ModuleList(
                 ConvBlock(dim, drop_path=drop_path[i], layer_scale=layer_scale_conv) for i in range(depth))
@@ -68,12 +68,13 @@ class MambaVisionLevel(nn.Module):
         return x
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map."""
+class LayerNorm2d(LayerNorm):
+    """LayerNorm over the channels of an NCHW map (a channels_last input gives a channels_last output)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2).contiguous()
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        x = super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x if channels_last else x.contiguous()
 
 
 _ARCH_FIELDS = {'dim', 'in_dim', 'depths', 'num_heads', 'mlp_ratio', 'layer_scale', 'layer_scale_conv',
@@ -165,8 +166,7 @@ class MambaVision(BaseModule):
                 dim=self.num_features[i], depth=depths[i], num_heads=arch['num_heads'][i], conv=i < 2,
                 window_size=window_size[i], downsample=i < 3,
                 drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=arch.get('mlp_ratio', 4.),
-                layer_scale=arch.get('layer_scale'), layer_scale_conv=arch.get('layer_scale_conv'))
-            level.with_cp = with_cp
+                layer_scale=arch.get('layer_scale'), layer_scale_conv=arch.get('layer_scale_conv'), with_cp=with_cp)
             self.levels.append(level)
         for i in out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))

@@ -61,7 +61,7 @@ class MambaVisionMixer(nn.Module):
         delta = self.dt_proj(dt).transpose(1, 2)
         A = -torch.exp(self.A_log.float())
         y = selective_scan(
-            x.contiguous(), delta.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+            x, delta.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
             D=self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         y = torch.cat([y, z], dim=1).transpose(1, 2)
         return self.out_proj(y)

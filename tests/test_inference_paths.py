@@ -1,0 +1,77 @@
+"""Inference-only fast paths: they must compute what the plain modules compute."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmmambavision import MambaVision
+from mmmambavision.models.layers import LayerNorm
+from mmmambavision.models.mambavision import LayerNorm2d
+
+
+def _ln(dim=48):
+    torch.manual_seed(0)
+    norm = LayerNorm(dim)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(dim))
+        norm.bias.copy_(0.3 * torch.randn(dim))
+    return norm
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_layernorm_in_inference_matches_fp32(dtype):
+    norm = _ln()
+    x = (3 * torch.randn(4, 10, 48) + 1).to(dtype)
+    expected = F.layer_norm(x.double(), (48, ), norm.weight.double(), norm.bias.double(), norm.eps)
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+        out = norm(x)
+    assert out.dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+def test_training_keeps_autocasts_own_layernorm():
+    norm = _ln()
+    plain = torch.nn.LayerNorm(48)
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(4, 10, 48).to(torch.bfloat16).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, ref = norm(x), plain(x)
+    assert out.dtype == ref.dtype and out.requires_grad
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_half_parameter_cache_follows_weight_updates():
+    norm = _ln()
+    x = torch.randn(2, 5, 48).to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        first = norm(x)
+        norm.bias.add_(1.0)
+        second = norm(x)
+    torch.testing.assert_close(second.float() - first.float(), torch.ones_like(first.float()), rtol=0, atol=2e-2)
+
+
+def test_layernorm2d_keeps_channels_last_and_matches():
+    torch.manual_seed(0)
+    norm = LayerNorm2d(16)
+    x = torch.randn(2, 16, 5, 7)
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (16, ), norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+    plain = norm(x)
+    assert plain.is_contiguous()
+    cl = norm(x.contiguous(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(plain, ref)
+    torch.testing.assert_close(cl, ref)
+
+
+def test_backbone_inference_under_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    arch = dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4))
+    model = MambaVision(arch, window_size=(8, 8, 3, 2)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
+    for a, b in zip(out, ref):
+        assert torch.isfinite(a).all()
+        assert (a.float() - b).norm() / b.norm() < 3e-2
