@@ -52,26 +52,36 @@ def check(name, inputs, tolerance, tuning, **kwargs):
 
 def main():
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    scan = dict(kernel='scan')
+    seq1 = dict(kernel='seq', SEGS=1, STEPS=4)
+    seqs = dict(kernel='seq', SEGS=4, STEPS=3)  # chunks of 12 steps: L=40 ends inside a segment
     results = []
-    for length in (1, 7, 49):
-        results.append(check(f'fp32 L={length}', make_inputs(2, 4, length, 8, None, f32), TOLERANCE[f32], {},
+    for length in (1, 7, 49):  # the per-shape default config
+        results.append(check(f'fp32 L={length} default', make_inputs(2, 4, length, 8, None, f32), TOLERANCE[f32], {},
                              delta_softplus=True))
-    # several chunks, several channels per program (dB/dC atomics) and one program per group (plain stores)
-    results.append(check('fp32 L=100 chunks of 16, BLOCK_D=2 atomics', make_inputs(2, 4, 100, 8, None, f32),
-                         TOLERANCE[f32], {'BLOCK_T': 16, 'BLOCK_D': 2}, delta_softplus=True))
-    results.append(check('fp32 grouped L=40 chunks of 16, BLOCK_D = channels per group',
-                         make_inputs(2, 6, 40, 4, 3, f32), TOLERANCE[f32], {'BLOCK_T': 16, 'BLOCK_D': 2},
-                         delta_softplus=True))
-    results.append(check('fp32 d_state 3 (padded), no D/bias/softplus, z gate',
-                         {**make_inputs(1, 3, 20, 3, None, f32), 'D': None, 'delta_bias': None,
-                          'z': torch.randn(1, 3, 20)}, TOLERANCE[f32], {'BLOCK_T': 16}))
-    stress = make_inputs(1, 4, 64, 8, None, f32, delta_scale=10.0, a_max=30.0)
-    stress['delta_bias'] = torch.tensor([-2.0, 5.0, 12.0, 20.0])
-    results.append(check('fp32 stress (large Δ, |A| up to 30)', stress, 1e-4, {'BLOCK_T': 16},
-                         delta_softplus=True))
-    for dtype in (f16, bf16):
-        results.append(check(f'{dtype} L=40 chunks of 16', make_inputs(2, 4, 40, 8, None, dtype),
-                             TOLERANCE[dtype], {'BLOCK_T': 16}, delta_softplus=True))
+    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs)):
+        # several chunks; several channels per program with dB/dC atomics, per-program partial sums, or (one
+        # program per group) plain stores; groups > 1
+        for bc in ('atomic', 'partial'):
+            results.append(check(f'{name} fp32 L=40 BLOCK_D=2 {bc}', make_inputs(2, 4, 40, 8, None, f32),
+                                 TOLERANCE[f32], dict(kernel, BLOCK_D=2, bc=bc, num_warps=1), delta_softplus=True))
+        results.append(check(f'{name} fp32 grouped L=29 BLOCK_D = channels per group (store)',
+                             make_inputs(2, 6, 29, 4, 3, f32), TOLERANCE[f32], dict(kernel, BLOCK_D=2),
+                             delta_softplus=True))
+        results.append(check(f'{name} fp32 grouped L=29 BLOCK_D=1 partial', make_inputs(2, 6, 29, 4, 3, f32),
+                             TOLERANCE[f32], dict(kernel, BLOCK_D=1, bc='partial'), delta_softplus=True))
+        results.append(check(f'{name} fp32 d_state 3 (padded), no D/bias/softplus, z gate',
+                             {**make_inputs(1, 3, 20, 3, None, f32), 'D': None, 'delta_bias': None,
+                              'z': torch.randn(1, 3, 20)}, TOLERANCE[f32], dict(kernel, BLOCK_D=1)))
+        stress = make_inputs(1, 4, 64, 8, None, f32, delta_scale=10.0, a_max=30.0)
+        stress['delta_bias'] = torch.tensor([-2.0, 5.0, 12.0, 20.0])
+        results.append(check(f'{name} fp32 stress (large Δ, |A| up to 30)', stress, 1e-4, dict(kernel, BLOCK_D=1),
+                             delta_softplus=True))
+        for dtype in (f16, bf16):
+            results.append(check(f'{name} {dtype} L=40', make_inputs(2, 4, 40, 8, None, dtype), TOLERANCE[dtype],
+                                 dict(kernel, BLOCK_D=2), delta_softplus=True))
+    results.append(check('seq S1 fp16 grouped store (dB/dC written in fp16)', make_inputs(1, 4, 23, 8, 2, f16),
+                         TOLERANCE[f16], dict(seq1, BLOCK_D=2), delta_softplus=True))
     return 0 if all(results) else 1
 
 

@@ -146,6 +146,38 @@ def test_triton_lengths_match_float64(length):
                     f'triton L={length}')
 
 
+# every Triton variant (scan_triton._TUNING) at real shapes: a classification and a detection window
+TRITON_CONFIGS = {
+    'scan-atomic': dict(kernel='scan', BLOCK_D=1, BLOCK_T=128, num_warps=4, bc='atomic'),
+    'scan-partial': dict(kernel='scan', BLOCK_D=4, BLOCK_T=64, num_warps=4, bc='partial'),
+    'seq-rows-atomic': dict(kernel='seq', BLOCK_D=4, SEGS=1, STEPS=4, num_warps=1, bc='atomic'),
+    'seq-rows-partial': dict(kernel='seq', BLOCK_D=8, SEGS=1, STEPS=8, num_warps=2, bc='partial'),
+    'seq-segments-atomic': dict(kernel='seq', BLOCK_D=2, SEGS=16, STEPS=4, num_warps=4, bc='atomic'),
+    'seq-segments-partial': dict(kernel='seq', BLOCK_D=1, SEGS=64, STEPS=4, num_warps=8, bc='partial'),
+}
+_truth_cache = {}
+
+
+@needs_triton
+@pytest.mark.parametrize('config', list(TRITON_CONFIGS))
+@pytest.mark.parametrize('shape', [(128, 160, 196), (2, 320, 3136)], ids=lambda s: 'x'.join(map(str, s)))
+def test_triton_configs_match_float64(shape, config):
+    from mmmambavision.ops import scan_triton
+    if shape not in _truth_cache:
+        inputs = make_inputs(shape, torch.float32)
+        grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda()
+        _truth_cache.clear()
+        _truth_cache[shape] = (inputs, grad_out, float64_truth(inputs, grad_out, delta_softplus=True))
+    inputs, grad_out, truth = _truth_cache[shape]
+    scan_triton._TUNING.clear()
+    scan_triton._TUNING.update(TRITON_CONFIGS[config])
+    try:
+        result = run_backend('triton', inputs, grad_out, delta_softplus=True)
+    finally:
+        scan_triton._TUNING.clear()
+    assert_close_to(result, truth, TOLERANCE[torch.float32], f'triton {config} {shape}')
+
+
 @needs_cuda_kernel
 def test_cuda_kernel_z_gate_and_last_state_match_float64():
     shape = (2, 32, 3000)  # two of the kernel's 2048-step chunks: last state comes from the last one

@@ -14,7 +14,14 @@ Usage::
 
     python tools/benchmark_scan.py --device cpu
     python tools/benchmark_scan.py --device cuda
-    python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton block sizes
+    python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton variants
+    python tools/benchmark_scan.py --device cuda --tune-only --tune-verbose   # the sweep alone, every config
+
+The sweep (``--tune``/``--tune-only``) tries the Triton variants of ``scan_triton._TUNING`` (kernel 'seq' or
+'scan', BLOCK_D, SEGS/STEPS or BLOCK_T, num_warps, dB/dC strategy 'atomic'/'partial') at each shape in the first
+dtype, then the best two of those in the other dtypes, and prints the best config per shape and dtype next to the
+current default and the cuda kernel (when selective_scan_cuda imports), with a suggested ``_default_config`` rule.
+Compilation dominates its time (seconds a config); ``--tune-budget`` caps it.
 """
 import argparse
 import os
@@ -194,33 +201,140 @@ def run_case(backend, inputs, device, repeats, warmup, truth):
     return fwd_ms, both_ms, peak.mib, err_y, err_g
 
 
-def tune_triton(shapes, dtypes, dstate, device, repeats):
+def tune_candidates(shape, dstate, level):
+    """Triton configs to try at a shape (see scan_triton._TUNING for the keys).
+
+    Compiling a config takes seconds (the 'seq' kernels unroll STEPS), so 'quick' keeps to the region that won on
+    an H100 (STEPS 4; 'atomic' vs 'partial' dB/dC), plus the 'scan' kernel's heuristic."""
     from mmmambavision.ops import scan_triton
-    print('\nTriton block-size sweep (fwd+bwd ms; current heuristic marked *)')
+    batch, dim, length = shape
+    block_n = triton_next_pow2(dstate)
+    cands = []
+
+    def add(**config):
+        width = config.get('SEGS', 1) if config['kernel'] == 'seq' else config['BLOCK_T']
+        if dim % config['BLOCK_D'] or config['BLOCK_D'] * width * block_n < 16 * config['num_warps']:
+            return  # BLOCK_D must divide the channels; more than half the threads idle
+        if config not in cands:
+            cands.append(config)
+
+    many = batch * dim * block_n >= 64 * 1024  # plenty of sequences: one segment per row is enough
+    steps_all = (4, 8) if level == 'full' else (4,)
+    bcs = ('atomic', 'partial')
+    for bc in bcs:
+        for steps in steps_all:
+            if many or level == 'full':
+                rows = ((4, 1), (8, 1), (16, 4)) + (((2, 1), (8, 2), (16, 2)) if level == 'full' else ())
+                for block_d, warps in rows:
+                    add(kernel='seq', BLOCK_D=block_d, SEGS=1, STEPS=steps, num_warps=warps, bc=bc)
+            if not many or level == 'full':
+                segs_d = ((1, 32, 4), (2, 16, 4), (1, 64, 8), (2, 32, 8))
+                if level == 'full':
+                    segs_d += ((1, 16, 2), (1, 32, 8), (2, 64, 8), (4, 16, 8), (4, 8, 4))
+                for block_d, segs, warps in segs_d:
+                    if bc == 'partial' and level != 'full' and (block_d, segs) != (2, 16):
+                        continue
+                    add(kernel='seq', BLOCK_D=block_d, SEGS=segs, STEPS=steps, num_warps=warps, bc=bc)
+    block_d, block_t, warps = scan_triton._scan_block_sizes(batch, dim, dim, length, dstate)
+    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')  # the previous default
+    if level == 'full':
+        for block_d in (1, 2, 4):
+            for block_t in (64, 128, 256):
+                for warps in (2, 4, 8):
+                    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
+                    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
+    return cands
+
+
+def bench_triton_config(inputs, device, config, scan_triton):
+    """(fwd ms, fwd+bwd ms) of one Triton config: median of triton.testing.do_bench (CUDA events)."""
+    from triton.testing import do_bench
+    scan_triton._TUNING.clear()
+    if config is not None:
+        scan_triton._TUNING.update(config)
+    try:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        grad_out = torch.ones_like(inputs['u'])
+        forward = make_forward('triton', leaves)
+
+        def both():
+            torch.autograd.grad(forward(), list(leaves.values()), grad_out)
+
+        with torch.no_grad():
+            fwd = do_bench(forward, warmup=5, rep=15, return_mode='median')
+        return fwd, do_bench(both, warmup=5, rep=25, return_mode='median')
+    finally:
+        scan_triton._TUNING.clear()
+
+
+def config_name(config):
+    if config is None:
+        return 'default'
+    short = {'kernel': '', 'BLOCK_D': 'D', 'BLOCK_T': 'T', 'SEGS': 'S', 'STEPS': 'K', 'num_warps': 'w', 'bc': ''}
+    return ' '.join(f'{short.get(k, k)}{v}' for k, v in config.items())
+
+
+def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=False, budget=None):
+    """Sweep the Triton variants: all candidates in the first dtype, the best few of those in the others."""
+    from mmmambavision.ops import scan_triton
+    start = time.perf_counter()
+    print(f'\nTriton sweep ({level}): fwd / fwd+bwd ms, do_bench median; cuda = selective_scan_cuda')
+    summary = []
     for shape in shapes:
+        batch, dim, length = shape
+        default = scan_triton._launch_config(batch, dim, dim, length, dstate)
+        default = {k: default[k] for k in default if k not in ('BLOCK_N', 'chunk')}
+        cands = tune_candidates(shape, dstate, level)
+        ranked = None
         for dname in dtypes:
             inputs = make_inputs(shape, dstate, DTYPES[dname], device)
-            batch, dim, length = shape
-            default = scan_triton._block_sizes(batch, dim, dim, length, dstate)
+            cuda = (float('nan'), float('nan'))
+            if cuda_kernel_available():
+                leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+                with torch.no_grad():
+                    from triton.testing import do_bench
+                    fwd = make_forward('cuda', leaves)
+                    cuda_fwd = do_bench(fwd, warmup=5, rep=15, return_mode='median')
+                grad_out = torch.ones_like(inputs['u'])
+                cuda = (cuda_fwd, do_bench(lambda: torch.autograd.grad(make_forward('cuda', leaves)(),
+                                                                       list(leaves.values()), grad_out),
+                                           warmup=5, rep=25, return_mode='median'))
+            base = bench_triton_config(inputs, device, None, scan_triton)
+            trial = cands if ranked is None else [c for _, c in ranked[:top]]
             results = []
-            for block_d in (1, 2, 4, 8, 16):
-                if dim % block_d:
-                    continue
-                for block_t in (32, 64, 128, 256):
-                    for warps in (2, 4, 8):
-                        if block_d * triton_next_pow2(dstate) * block_t > 16384:
-                            continue
-                        scan_triton._TUNING.update(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps)
-                        try:
-                            ms = run_case('triton', inputs, device, repeats, 2, None)[1]
-                        except Exception as error:  # out of resources etc.
-                            ms = float('inf')
-                            print(f'  {block_d} {block_t} {warps}: {type(error).__name__}')
-                        results.append((ms, block_d, block_t, warps))
-            scan_triton._TUNING.clear()
-            results.sort()
-            best = ', '.join(f'D{d} T{t} w{w}: {ms:.3f}' for ms, d, t, w in results[:4])
-            print(f'{shape_name(shape):>12} {dname}: default D{default[0]} T{default[2]} w{default[3]}; best {best}')
+            shape_start = time.perf_counter()
+            for config in trial:
+                if budget and results and time.perf_counter() - shape_start > budget / len(shapes) / 2:
+                    print(f'  time budget: skipping the remaining {len(trial) - len(results)} configs')
+                    break
+                try:
+                    results.append((bench_triton_config(inputs, device, config, scan_triton), config))
+                except Exception as error:  # out of resources, compile errors
+                    print(f'  {config_name(config)}: {type(error).__name__}: {str(error)[:120]}')
+            results.sort(key=lambda r: r[0][1])
+            if verbose:
+                for ms, c in results:
+                    print(f'    {ms[0]:7.3f} {ms[1]:7.3f}  {config_name(c)}')
+                print(f'    ({len(results)} configs, {time.perf_counter() - shape_start:.0f} s)')
+            if ranked is None:
+                ranked = [(ms, c) for ms, c in results]
+            (best_fwd, best_both), best = results[0]
+            summary.append((shape, dname, cuda, base, (best_fwd, best_both), best))
+            runners = '; '.join(f'{config_name(c)} {ms[1]:.3f}' for ms, c in results[1:4])
+            print(f'{shape_name(shape):>12} {dname}: cuda {cuda[0]:.3f}/{cuda[1]:.3f}  default '
+                  f'[{config_name(default)}] {base[0]:.3f}/{base[1]:.3f}  best [{config_name(best)}] '
+                  f'{best_fwd:.3f}/{best_both:.3f}  (next: {runners})  [{time.perf_counter() - start:.0f} s]',
+                  flush=True)
+    print(f"\n{'shape':>12} {'dtype':<5} {'cuda fwd':>8} {'cuda f+b':>8} {'dflt fwd':>8} {'dflt f+b':>8} "
+          f"{'best fwd':>8} {'best f+b':>8} {'cuda/best':>9}  best config")
+    for shape, dname, cuda, base, best_ms, best in summary:
+        print(f'{shape_name(shape):>12} {dname:<5} {cuda[0]:8.3f} {cuda[1]:8.3f} {base[0]:8.3f} {base[1]:8.3f} '
+              f'{best_ms[0]:8.3f} {best_ms[1]:8.3f} {cuda[1] / best_ms[1]:9.2f}  {config_name(best)}')
+    print('\nsuggested _default_config rule (best fwd+bwd per shape, first dtype):')
+    for shape, dname, cuda, base, best_ms, best in summary:
+        if dname == dtypes[0]:
+            print(f'  batch*dim={shape[0] * shape[1]:>6} L={shape[2]:>6}: {best}')
+    print(f'sweep took {time.perf_counter() - start:.0f} s')
 
 
 def triton_next_pow2(n):
@@ -243,7 +357,13 @@ def main():
     parser.add_argument('--no-ref-loop', action='store_true', help='CPU: skip the selective_scan_ref-style loop')
     parser.add_argument('--threads', type=int, help='CPU: torch intra-op threads (default: torch\'s choice)')
     parser.add_argument('--peak-case', nargs=3, metavar=('BACKEND', 'SHAPE', 'DTYPE'), help=argparse.SUPPRESS)
-    parser.add_argument('--tune', action='store_true', help='CUDA: sweep Triton block sizes afterwards')
+    parser.add_argument('--tune', action='store_true', help='CUDA: sweep the Triton variants afterwards')
+    parser.add_argument('--tune-only', action='store_true', help='CUDA: only the sweep, no backend table')
+    parser.add_argument('--tune-level', choices=['quick', 'full'], default='quick',
+                        help='quick: a sweep of about a minute and a half on an H100; full: every variant')
+    parser.add_argument('--tune-budget', type=float, default=None,
+                        help='seconds for the sweep (all shapes); stops trying configs past it')
+    parser.add_argument('--tune-verbose', action='store_true', help='print every config\'s times')
     args = parser.parse_args()
 
     if args.threads:
@@ -265,6 +385,10 @@ def main():
     else:
         backends = ['torch'] + ([] if args.no_ref_loop else ['ref-loop'])
 
+    if args.tune_only:
+        tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
+                    budget=args.tune_budget)
+        return
     print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"}'
           f'; torch {torch.__version__}; d_state {args.dstate}; softplus + delta_bias + D, no z; '
           f'median of {repeats}')
@@ -296,7 +420,8 @@ def main():
                       f'{err_y:8.1e} {err_g:8.1e} {speed:>9}', flush=True)
     print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')
     if args.tune and device.type == 'cuda':
-        tune_triton(shapes, dtypes, args.dstate, device, repeats)
+        tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
+                    budget=args.tune_budget)
 
 
 if __name__ == '__main__':

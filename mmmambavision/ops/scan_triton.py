@@ -1,15 +1,27 @@
 """Selective scan as Triton kernels, forward and backward: the GPU path that needs no compilation.
 
-One program owns ``BLOCK_D`` channels of one sequence (all of them in one B/C group) and walks the sequence in
-chunks of ``BLOCK_T`` steps. Inside a chunk the recurrence ``h_t = a_t·h_{t-1} + x_t`` is a
-``tl.associative_scan`` over time on (a, x) pairs of a (BLOCK_D, d_state, BLOCK_T) tile; the state at the chunk
-end is carried in registers to the next chunk, and the state at each chunk start is written out as a checkpoint.
+Two kernel families: ``scan`` is the default (``_default_config``), ``seq`` is selected through ``_TUNING``,
+which ``tools/benchmark_scan.py --tune`` sweeps. Both walk the sequence in chunks, write the state at every chunk
+start as a checkpoint in the forward, and in the backward walk the chunks in reverse, recomputing each chunk's
+states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
 
-The backward walks the chunks in reverse: it recomputes the chunk's states from its checkpoint, then runs the
-adjoint recurrence ``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse associative scan (``a_{t+1}`` is recomputed
-from Δ one step ahead, which also links to the next chunk), and forms every gradient from g and h. dB and dC,
-shared by the channels of a group, are summed over the program's channels in registers and added atomically.
-All math in fp32; inputs fp16, bf16 or fp32.
+``seq``: a program owns a (BLOCK_D channels, SEGS segments, d_state) tile; a chunk is SEGS consecutive segments of
+STEPS steps. Every thread walks its segment step by step (the steps are unrolled statically), so the recurrence
+``h_t = a_t·h_{t-1} + x_t`` needs no cross-thread traffic. With SEGS > 1 the segments are linked by one associative
+scan per chunk: lane s first walks segment s-1 to get its (Π a, drive) aggregate, and the inclusive scan of these
+shifted aggregates is the state each segment starts from. The backward does the same for the adjoint
+(``g_t = C_t·dy_t + w``, ``w ← a_t·g_t`` walking backwards; lane s walks segment s+1, reverse scan), recomputes the
+segment's states forwards keeping h_{t-1} and a_t of every step in registers, then walks it backwards.
+
+``scan``: a program owns BLOCK_D channels and walks chunks of BLOCK_T steps; inside a chunk the recurrence is a
+``tl.associative_scan`` over time on (a, x) pairs of a (BLOCK_D, d_state, BLOCK_T) tile, and the backward runs
+the adjoint ``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse associative scan (``a_{t+1}`` recomputed from Δ one
+step ahead, which also links to the next chunk).
+
+In both, dB and dC (shared by the channels of a group) are summed over the program's channels in registers and
+then, by the ``bc`` option: added atomically into one fp32 buffer ('atomic'), written to a buffer per channel
+block that torch sums afterwards ('partial'), or stored directly in the input dtype when one program holds a
+whole group ('store').
 """
 from typing import Optional, Tuple
 
@@ -107,10 +119,11 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
                      du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                      dim, length, channels_per_group, n_chunks, dstate,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     BC_ATOMIC: tl.constexpr,
+                     BC_MODE: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     pid_b = tl.program_id(0)
-    d0 = tl.program_id(1) * BLOCK_D
+    pid_d = tl.program_id(1)
+    d0 = pid_d * BLOCK_D
     groups = dim // channels_per_group
     group = d0 // channels_per_group
     offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -134,8 +147,13 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
     B_row = B_ptr + bc_off
     C_row = C_ptr + bc_off
-    dB_row = dB_ptr + bc_off
-    dC_row = dC_ptr + bc_off
+    if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
+        part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
+        dB_row = dB_ptr + part_off
+        dC_row = dC_ptr + part_off
+    else:
+        dB_row = dB_ptr + bc_off
+        dC_row = dC_ptr + bc_off
     ckpt_row = ckpt_ptr + (pid_b * dim + offs_d).to(tl.int64)[:, None] * n_chunks * dstate + offs_n[None, :]
     arange_t = tl.arange(0, BLOCK_T)
     g_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # g at the first step of the following chunk
@@ -185,12 +203,12 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         grad_B = tl.sum(adj * (dt * u)[:, None, :], axis=0)
         grad_C = tl.sum(states * dy[:, None, :], axis=0)
         bc_offs = offs_n[:, None] * length + offs_t[None, :]
-        if BC_ATOMIC:
+        if BC_MODE == 1:
             tl.atomic_add(dB_row + bc_offs, grad_B, mask=mask_nt)
             tl.atomic_add(dC_row + bc_offs, grad_C, mask=mask_nt)
         else:
-            tl.store(dB_row + bc_offs, grad_B, mask=mask_nt)
-            tl.store(dC_row + bc_offs, grad_C, mask=mask_nt)
+            tl.store(dB_row + bc_offs, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_nt)
+            tl.store(dC_row + bc_offs, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_nt)
     tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn)
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, grad_D)
@@ -198,36 +216,326 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         tl.atomic_add(dbias_ptr + offs_d, grad_bias)
 
 
-def _block_sizes(batch: int, dim: int, channels_per_group: int, length: int,
-                 dstate: int) -> Tuple[int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, BLOCK_T, num_warps): enough programs to fill a GPU, tiles that fit registers.
+# --- the sequential variant ('seq') -----------------------------------------------------------------------------
+# A program owns a (BLOCK_D, SEGS, BLOCK_N) tile: BLOCK_D channels × SEGS time segments × the states. A chunk is
+# SEGS consecutive segments of STEPS steps each; every thread walks its segment step by step (statically
+# unrolled, no cross-thread traffic), and the segments are linked by one associative scan over SEGS per chunk.
+
+
+@triton.jit
+def _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS: tl.constexpr,
+              SOFTPLUS: tl.constexpr):
+    """One step of every segment: u, raw delta(+bias), Δ (BLOCK_D, SEGS, 1) and B (1, SEGS, BLOCK_N)."""
+    u = tl.load(u_base + t, mask=valid, other=0.0).to(tl.float32)
+    raw = tl.load(delta_base + t, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    dt = tl.where(valid, dt, 0.0)  # Δ = 0 past the end (or before the start): a = 1, x = 0
+    B = tl.load(B_base + t, mask=valid & mask_n, other=0.0).to(tl.float32)
+    return u, raw, dt, B
+
+
+@triton.jit
+def _seq_segment_starts(u_base, delta_base, B_base, t_seg, arange_s, length, mask_n, A2, bias, h_carry,
+                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr,
+                        SEGS: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr):
+    """State at the start of every segment of the chunk, given the state h_carry at the chunk start.
+
+    Walks segment s-1's steps in every lane s (lane 0 walks nothing), so that the inclusive scan over the segments
+    of these shifted (decay, drive) aggregates is directly the exclusive prefix each segment starts from."""
+    P = tl.full([BLOCK_D, SEGS, BLOCK_N], 1.0, tl.float32)
+    X = tl.zeros([BLOCK_D, SEGS, BLOCK_N], dtype=tl.float32)
+    for k in tl.static_range(STEPS):
+        t = t_seg - STEPS + k
+        valid = (arange_s > 0) & (t < length)
+        u, raw, dt, B = _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS, SOFTPLUS)
+        a = tl.exp2(dt * A2)
+        X = a * X + (dt * u) * B
+        P = P * a
+    Pp, Xp = tl.associative_scan((P, X), axis=1, combine_fn=_affine_combine)
+    return Pp * h_carry + Xp
+
+
+@triton.jit
+def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr, last_ptr,
+                    dim, length, channels_per_group, n_chunks, dstate,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SEGS: tl.constexpr, STEPS: tl.constexpr):
+    pid_b = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
+    groups = dim // channels_per_group
+    group = d0 // channels_per_group
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d3 = offs_d[:, None, None]
+    offs_n3 = tl.arange(0, BLOCK_N)[None, None, :]
+    mask_n = offs_n3 < dstate
+    mask_dn = mask_n & (offs_d3 < dim)
+    A2 = tl.load(A_ptr + offs_d3 * dstate + offs_n3, mask=mask_dn, other=0.0) * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d3).to(tl.float32)
+    D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d3).to(tl.float32)
+    seq = (pid_b * dim + offs_d3).to(tl.int64)
+    u_base = u_ptr + seq * length
+    delta_base = delta_ptr + seq * length
+    y_base = y_ptr + seq * length
+    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
+    B_base = B_ptr + bc_off + offs_n3 * length
+    C_base = C_ptr + bc_off + offs_n3 * length
+    ckpt_base = ckpt_ptr + seq * n_chunks * dstate + offs_n3
+    arange_s = tl.arange(0, SEGS)[None, :, None]
+    h_carry = tl.zeros([BLOCK_D, 1, BLOCK_N], dtype=tl.float32)
+    for chunk in range(0, n_chunks):
+        tl.store(ckpt_base + chunk * dstate, h_carry, mask=mask_dn)
+        t_seg = chunk * (SEGS * STEPS) + arange_s * STEPS
+        if SEGS > 1:
+            h = _seq_segment_starts(u_base, delta_base, B_base, t_seg, arange_s, length, mask_n, A2, bias,
+                                    h_carry, HAS_BIAS, SOFTPLUS, BLOCK_D, SEGS, BLOCK_N, STEPS)
+        else:
+            h = h_carry
+        for k in tl.static_range(STEPS):
+            t = t_seg + k
+            valid = t < length
+            u, raw, dt, B = _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS, SOFTPLUS)
+            h = tl.exp2(dt * A2) * h + (dt * u) * B
+            C = tl.load(C_base + t, mask=valid & mask_n, other=0.0).to(tl.float32)
+            y = tl.sum(h * C, axis=2, keep_dims=True)
+            if HAS_D:
+                y = y + D * u
+            tl.store(y_base + t, y.to(y_ptr.dtype.element_ty), mask=valid)
+        if SEGS > 1:
+            h_carry = tl.sum(tl.where(arange_s == SEGS - 1, h, 0.0), axis=1, keep_dims=True)
+        else:
+            h_carry = h
+    tl.store(last_ptr + seq * dstate + offs_n3, h_carry, mask=mask_dn)
+
+
+@triton.jit
+def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
+                    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                    dim, length, channels_per_group, n_chunks, dstate,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    BC_MODE: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SEGS: tl.constexpr, STEPS: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d0 = pid_d * BLOCK_D
+    groups = dim // channels_per_group
+    group = d0 // channels_per_group
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d3 = offs_d[:, None, None]
+    offs_n3 = tl.arange(0, BLOCK_N)[None, None, :]
+    mask_n = offs_n3 < dstate
+    mask_dn = mask_n & (offs_d3 < dim)
+    A = tl.load(A_ptr + offs_d3 * dstate + offs_n3, mask=mask_dn, other=0.0)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d3).to(tl.float32)
+    D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d3).to(tl.float32)
+    seq = (pid_b * dim + offs_d3).to(tl.int64)
+    u_base = u_ptr + seq * length
+    delta_base = delta_ptr + seq * length
+    dy_base = dy_ptr + seq * length
+    du_base = du_ptr + seq * length
+    ddelta_base = ddelta_ptr + seq * length
+    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
+    B_base = B_ptr + bc_off + offs_n3 * length
+    C_base = C_ptr + bc_off + offs_n3 * length
+    if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
+        part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
+        dB_base = dB_ptr + part_off + offs_n3 * length
+        dC_base = dC_ptr + part_off + offs_n3 * length
+    else:
+        dB_base = dB_ptr + bc_off + offs_n3 * length
+        dC_base = dC_ptr + bc_off + offs_n3 * length
+    ckpt_base = ckpt_ptr + seq * n_chunks * dstate + offs_n3
+    arange_s = tl.arange(0, SEGS)[None, :, None]
+    w_carry = tl.zeros([BLOCK_D, 1, BLOCK_N], dtype=tl.float32)  # a_{t+1}·g_{t+1} entering the chunk's end
+    grad_A = tl.zeros([BLOCK_D, SEGS, BLOCK_N], dtype=tl.float32)
+    grad_D = tl.zeros([BLOCK_D, SEGS, 1], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_D, SEGS, 1], dtype=tl.float32)
+    for step in range(0, n_chunks):
+        chunk = n_chunks - 1 - step
+        h0 = tl.load(ckpt_base + chunk * dstate, mask=mask_dn, other=0.0)
+        t_seg = chunk * (SEGS * STEPS) + arange_s * STEPS
+        if SEGS > 1:
+            h = _seq_segment_starts(u_base, delta_base, B_base, t_seg, arange_s, length, mask_n, A2, bias,
+                                    h0, HAS_BIAS, SOFTPLUS, BLOCK_D, SEGS, BLOCK_N, STEPS)
+            # the adjoint entering each segment's end: lane s walks segment s+1 backwards (the last lane
+            # nothing); the reverse inclusive scan over segments gives what flows in from the right
+            P = tl.full([BLOCK_D, SEGS, BLOCK_N], 1.0, tl.float32)
+            W = tl.zeros([BLOCK_D, SEGS, BLOCK_N], dtype=tl.float32)
+            for j in tl.static_range(STEPS):
+                t = t_seg + (2 * STEPS - 1 - j)
+                valid = (arange_s < SEGS - 1) & (t < length)
+                u, raw, dt, B = _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS, SOFTPLUS)
+                a = tl.exp2(dt * A2)
+                dy = tl.load(dy_base + t, mask=valid, other=0.0).to(tl.float32)
+                C = tl.load(C_base + t, mask=valid & mask_n, other=0.0).to(tl.float32)
+                W = a * (dy * C + W)
+                P = P * a
+            Pp, Wp = tl.associative_scan((P, W), axis=1, combine_fn=_affine_combine, reverse=True)
+            w = Pp * w_carry + Wp
+        else:
+            h = h0
+            w = w_carry
+        # recompute the segment's states forwards, keeping h_{t-1} and a_t of every step in registers
+        h_prev = ()
+        decay = ()
+        for k in tl.static_range(STEPS):
+            t = t_seg + k
+            valid = t < length
+            u, raw, dt, B = _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS, SOFTPLUS)
+            a = tl.exp2(dt * A2)
+            h_prev = h_prev + (h,)
+            decay = decay + (a,)
+            h = a * h + (dt * u) * B
+        # then walk it backwards: g_t = C_t·dy_t + w, w <- a_t·g_t
+        for j in tl.static_range(STEPS):
+            t = t_seg + (STEPS - 1 - j)
+            valid = t < length
+            u, raw, dt, B = _seq_load(u_base, delta_base, B_base, t, valid, mask_n, bias, HAS_BIAS, SOFTPLUS)
+            a = decay[STEPS - 1 - j]
+            hp = h_prev[STEPS - 1 - j]
+            dy = tl.load(dy_base + t, mask=valid, other=0.0).to(tl.float32)
+            C = tl.load(C_base + t, mask=valid & mask_n, other=0.0).to(tl.float32)
+            g = dy * C + w
+            grad_arg = g * a * hp  # dL/d(Δ·A)_t
+            grad_A += grad_arg * dt
+            adj_B = tl.sum(g * B, axis=2, keep_dims=True)
+            grad_dt = tl.sum(grad_arg * A, axis=2, keep_dims=True) + u * adj_B
+            grad_u = dt * adj_B
+            if HAS_D:
+                grad_u += D * dy
+                grad_D += dy * u
+            if SOFTPLUS:
+                grad_dt = grad_dt / (1.0 + tl.exp(-raw))
+            grad_dt = tl.where(valid, grad_dt, 0.0)
+            grad_bias += grad_dt
+            tl.store(du_base + t, grad_u.to(du_ptr.dtype.element_ty), mask=valid)
+            tl.store(ddelta_base + t, grad_dt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+            grad_B = tl.sum(g * (dt * u), axis=0, keep_dims=True)
+            grad_C = tl.sum((a * hp + (dt * u) * B) * dy, axis=0, keep_dims=True)
+            mask_bc = valid & mask_n
+            if BC_MODE == 1:
+                tl.atomic_add(dB_base + t, grad_B, mask=mask_bc)
+                tl.atomic_add(dC_base + t, grad_C, mask=mask_bc)
+            else:
+                tl.store(dB_base + t, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_bc)
+                tl.store(dC_base + t, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_bc)
+            w = a * g
+        if SEGS > 1:
+            w_carry = tl.sum(tl.where(arange_s == 0, w, 0.0), axis=1, keep_dims=True)
+        else:
+            w_carry = w
+    tl.atomic_add(dA_ptr + offs_d3 * dstate + offs_n3, tl.sum(grad_A, axis=1, keep_dims=True), mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d3, tl.sum(grad_D, axis=1, keep_dims=True))
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d3, tl.sum(grad_bias, axis=1, keep_dims=True))
+
+
+# --- launch configuration -----------------------------------------------------------------------------------------
+
+BC_MODES = {'store': 0, 'atomic': 1, 'partial': 2}
+KERNELS = ('seq', 'scan')
+
+# Overrides of the per-shape default config (tools/benchmark_scan.py --tune sweeps them; tests pin variants):
+#   kernel      'seq' (sequential steps per thread, segments linked by a scan) or 'scan' (associative scan of
+#               whole (BLOCK_D, d_state, BLOCK_T) chunks)
+#   BLOCK_D     channels per program (must divide the channels per group)
+#   BLOCK_T     'scan': steps per chunk
+#   SEGS, STEPS 'seq': segments per chunk (power of 2) and steps per segment (chunk = SEGS·STEPS steps)
+#   num_warps   warps per program
+#   bc          how dB/dC (shared by a group's channels) are summed over channel blocks: 'atomic' (fp32 atomics
+#               into one buffer), 'partial' (a buffer per channel block, summed by torch afterwards), 'store'
+#               (one program per group: plain stores, BLOCK_D must equal the channels per group) or 'auto'
+#               ('store' where possible, else 'atomic')
+_TUNING: dict = {}
+
+
+def _default_config(batch: int, dim: int, channels_per_group: int, length: int, dstate: int) -> dict:
+    """The default config for a shape (keys as in ``_TUNING``): the 'scan' kernel with ``_scan_block_sizes``.
+
+    The 'seq' kernels are opt-in (``_TUNING``). An fp32 sweep on an H100 favoured them for short sequences
+    (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan'; 2×320×3136: 0.91 vs 1.10), but as the default, in fp16 at
+    128×160×196 they measured 1.98 ms against the CUDA kernel's 0.74 (no better than 'scan'), and MambaVision-T's
+    eager throughput with them fell to 8696 img/s from 10557 with 'scan' (H100, 2026-11-27; both runs with
+    channels_last; a CUDA graph brought it to 13716, so the loss is host-side launch cost). Until a same-run
+    comparison says otherwise, the default stays the kernel verified on the GPU at every shape and dtype.
+    ``tools/benchmark_scan.py --tune`` re-measures.
+    """
+    block_d, block_t, num_warps = _scan_block_sizes(batch, dim, channels_per_group, length, dstate)
+    return dict(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps, bc='auto')
+
+
+def _scan_block_sizes(batch: int, dim: int, channels_per_group: int, length: int,
+                      dstate: int) -> Tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_T, num_warps) for the 'scan' kernel: enough programs to fill a GPU, tiles that fit.
 
     A tile is BLOCK_D·BLOCK_N·BLOCK_T fp32 values; the backward keeps about eight of them live, so tiles stay at
-    2048 values (16 per thread with 4 warps). ``--tune`` in tools/benchmark_scan.py sweeps the alternatives.
-    """
+    2048 values (16 per thread with 4 warps)."""
     tile = 2048
     block_n = triton.next_power_of_2(dstate)
     block_t = max(16, min(triton.next_power_of_2(length), tile // block_n))
     block_d = 1
-    # several channels per program when there are plenty of sequences (fewer dB/dC atomics, B/C loaded once)
     while (channels_per_group % (block_d * 2) == 0 and batch * dim // (block_d * 2) >= 1024
            and block_d * 2 * block_n * min(block_t, 64) <= tile):
         block_d *= 2
         block_t = max(16, min(triton.next_power_of_2(length), tile // (block_n * block_d)))
-    return block_d, block_n, block_t, 4
+    return block_d, block_t, 4
 
 
-_TUNING: dict = {}  # optional overrides {'BLOCK_D': .., 'BLOCK_T': .., 'num_warps': ..} (benchmark sweeps)
-
-
-def _launch_config(batch, dim, channels_per_group, length, dstate):
-    block_d, block_n, block_t, num_warps = _block_sizes(batch, dim, channels_per_group, length, dstate)
-    block_d = _TUNING.get('BLOCK_D', block_d)
-    block_t = _TUNING.get('BLOCK_T', block_t)
-    num_warps = _TUNING.get('num_warps', num_warps)
+def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
+    """The default config for the shape with ``_TUNING`` applied, checked and completed (BLOCK_N, chunk, bc)."""
+    config = _default_config(batch, dim, channels_per_group, length, dstate)
+    kernel = _TUNING.get('kernel', config['kernel'])
+    if kernel != config['kernel']:
+        if kernel == 'scan':
+            block_d, block_t, warps = _scan_block_sizes(batch, dim, channels_per_group, length, dstate)
+            config = dict(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='auto')
+        elif kernel == 'seq':
+            config = dict(kernel='seq', BLOCK_D=1, SEGS=16, STEPS=4, num_warps=4, bc='auto')
+        else:
+            raise ValueError(f'unknown kernel {kernel!r}; one of {KERNELS}')
+    config.update(_TUNING)
+    config['BLOCK_N'] = triton.next_power_of_2(dstate)
+    block_d = config['BLOCK_D']
     if channels_per_group % block_d:
         raise ValueError(f'BLOCK_D={block_d} must divide the channels per group ({channels_per_group})')
-    return block_d, block_n, block_t, num_warps
+    if config['kernel'] == 'seq':
+        if config['SEGS'] & (config['SEGS'] - 1):
+            raise ValueError(f"SEGS={config['SEGS']} must be a power of 2")
+        config['chunk'] = config['SEGS'] * config['STEPS']
+    else:
+        config['chunk'] = config['BLOCK_T']
+    bc = config.get('bc', 'auto')
+    if bc == 'auto':
+        bc = 'store' if block_d == channels_per_group else 'atomic'
+    if bc not in BC_MODES or (bc == 'store' and block_d != channels_per_group):
+        raise ValueError(f"bc={bc!r}: one of {tuple(BC_MODES)}, 'store' only with BLOCK_D = channels per group")
+    config['bc'] = bc
+    return config
+
+
+def _kernel_args(config: dict) -> dict:
+    args = dict(BLOCK_D=config['BLOCK_D'], BLOCK_N=config['BLOCK_N'], num_warps=config['num_warps'])
+    if config['kernel'] == 'seq':
+        args.update(SEGS=config['SEGS'], STEPS=config['STEPS'])
+    else:
+        args.update(BLOCK_T=config['BLOCK_T'])
+    if 'num_stages' in config:
+        args['num_stages'] = config['num_stages']
+    return args
 
 
 class TritonSelectiveScan(torch.autograd.Function):
@@ -246,20 +554,21 @@ class TritonSelectiveScan(torch.autograd.Function):
         D = D.float().contiguous() if D is not None else None
         delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
         cpg = dim // groups
-        block_d, block_n, block_t, num_warps = _launch_config(batch, dim, cpg, length, dstate)
-        n_chunks = triton.cdiv(length, block_t)
+        config = _launch_config(batch, dim, cpg, length, dstate)
+        n_chunks = triton.cdiv(length, config['chunk'])
         y = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
         ckpt = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
         last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
-        grid = (batch, dim // block_d)
-        _scan_fwd_kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None
-                               else A, y, ckpt, last, dim, length, cpg, n_chunks, dstate,
-                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                               BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps)
+        grid = (batch, dim // config['BLOCK_D'])
+        kernel = _seq_fwd_kernel if config['kernel'] == 'seq' else _scan_fwd_kernel
+        kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
+                     y, ckpt, last, dim, length, cpg, n_chunks, dstate,
+                     HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                     **_kernel_args(config))
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt)
         ctx.delta_softplus = delta_softplus
-        ctx.config = (block_d, block_n, block_t, num_warps, n_chunks)
-        ctx.dtypes = (B.dtype, C.dtype)
+        ctx.config = config
+        ctx.n_chunks = n_chunks
         ctx.mark_non_differentiable(last)
         return y, last
 
@@ -269,27 +578,37 @@ class TritonSelectiveScan(torch.autograd.Function):
         batch, dim, length = u.shape
         groups, dstate = B.shape[1], A.shape[1]
         cpg = dim // groups
-        block_d, block_n, block_t, num_warps, n_chunks = ctx.config
+        config, n_chunks = ctx.config, ctx.n_chunks
         grad_y = grad_y.contiguous()
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
-        bc_atomic = block_d != cpg
-        alloc = torch.zeros if bc_atomic else torch.empty
-        dB = alloc(B.shape, dtype=torch.float32, device=u.device)
-        dC = alloc(C.shape, dtype=torch.float32, device=u.device)
-        dA = torch.zeros_like(A)
-        dD = torch.zeros(dim, dtype=torch.float32, device=u.device)
-        dbias = torch.zeros(dim, dtype=torch.float32, device=u.device)
-        grid = (batch, dim // block_d)
-        _scan_bwd_kernel[grid](u, delta, A, B, C, D if D is not None else A,
-                               delta_bias if delta_bias is not None else A, grad_y, ckpt,
-                               du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
-                               HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-                               SOFTPLUS=ctx.delta_softplus, BC_ATOMIC=bc_atomic,
-                               BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=num_warps)
+        bc = config['bc']
+        if bc == 'store':  # written once each, in the input dtype
+            dB, dC = torch.empty_like(B), torch.empty_like(C)
+        elif bc == 'atomic':
+            dB = torch.zeros(B.shape, dtype=torch.float32, device=u.device)
+            dC = torch.zeros(C.shape, dtype=torch.float32, device=u.device)
+        else:
+            part = (batch, dim // config['BLOCK_D'], dstate, length)
+            dB = torch.empty(part, dtype=torch.float32, device=u.device)
+            dC = torch.empty(part, dtype=torch.float32, device=u.device)
+        small = torch.zeros(dim * (dstate + 2), dtype=torch.float32, device=u.device)  # dA, dD, dbias at once
+        dA = small[:dim * dstate].view(dim, dstate)
+        dD = small[dim * dstate:dim * (dstate + 1)]
+        dbias = small[dim * (dstate + 1):]
+        grid = (batch, dim // config['BLOCK_D'])
+        kernel = _seq_bwd_kernel if config['kernel'] == 'seq' else _scan_bwd_kernel
+        kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
+                     grad_y, ckpt, du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
+                     HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+                     BC_MODE=BC_MODES[bc], **_kernel_args(config))
+        if bc == 'partial':
+            blocks = cpg // config['BLOCK_D']
+            dB = dB.view(batch, groups, blocks, dstate, length).sum(2)
+            dC = dC.view(batch, groups, blocks, dstate, length).sum(2)
         need = ctx.needs_input_grad
         return (du if need[0] else None, ddelta if need[1] else None, dA if need[2] else None,
-                dB.to(ctx.dtypes[0]) if need[3] else None, dC.to(ctx.dtypes[1]) if need[4] else None,
+                dB.to(B.dtype) if need[3] else None, dC.to(C.dtype) if need[4] else None,
                 dD if D is not None and need[5] else None,
                 dbias if delta_bias is not None and need[6] else None, None, None)
 
