@@ -4,11 +4,24 @@ MambaVision T/S/B beside timm's Swin-T and ConvNeXt-T (when timm is installed) i
 
     python tools/benchmark.py                      # CUDA if present, else a small CPU run
     python tools/benchmark.py --channels-last --batch-size 128 --runs 30
+    python tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn     # every deployment option
+
+``--det``: one Cascade Mask R-CNN training step instead (the 3x configs of configs/det, 2 images of 800x1344 by
+default, mmengine's ``train_step`` with the configs' AdamW and AMP on CUDA), MambaVision T/S/B beside mmdet's
+Swin-T in the same detector; median step time and peak memory, one table.
+
+    python tools/benchmark.py --det                                   # CUDA: T, S, B, Swin-T at 800x1344
+    python tools/benchmark.py --det --det-window 8 8 56 28            # plus each MambaVision at these windows
+    python tools/benchmark.py --det --det-models mambavision_t@8,8,8,4 --det-size 64 96 --warmup 0 --runs 1
 """
 import argparse
+import gc
+import os.path as osp
 import statistics
 import time
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from mmmambavision import MambaVision
@@ -22,15 +35,31 @@ def build(name):
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
-def measure(model, x, runs, warmup, device):
+def measure(model, x, runs, warmup, device, graph=False):
+    """Images per second of ``model(x)`` in eval under fp16 (CUDA) / bf16 (CPU) autocast, median of ``runs``.
+
+    ``graph``: capture one forward in a CUDA graph and time its replays (no Python or launch overhead).
+    """
+    dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    run = lambda: model(x)  # noqa: E731
+    if graph:
+        static = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.autocast('cuda', dtype=dtype, cache_enabled=False), torch.cuda.stream(side):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad(), torch.autocast('cuda', dtype=dtype, cache_enabled=False), torch.cuda.graph(static):
+            model(x)
+        run = static.replay
     times = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16 if device.type == 'cuda'
-                                          else torch.bfloat16, enabled=True):
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=True):
         for i in range(warmup + runs):
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            model(x)
+            run()
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             if i >= warmup:
@@ -38,16 +67,289 @@ def measure(model, x, runs, warmup, device):
     return x.shape[0] / statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--models', nargs='+', default=['mambavision_tiny', 'mambavision_small', 'mambavision_base',
-                                                        'swin_tiny_patch4_window7_224', 'convnext_tiny'])
-    parser.add_argument('--batch-size', type=int, default=None)
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--runs', type=int, default=None)
-    parser.add_argument('--warmup', type=int, default=None)
+def fuse_conv_bn(model):
+    """Fold eval-mode BatchNorm into the preceding convolution (mmcv's ``fuse_conv_bn``): inference only."""
+    try:
+        from mmcv.cnn import fuse_conv_bn as fuse
+    except ImportError as err:
+        raise SystemExit(f'--fuse-conv-bn needs mmcv (pip install mmcv): {err}')
+    return fuse(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --det: Cascade Mask R-CNN training step
+# ----------------------------------------------------------------------------------------------------------------
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# --det-models name: (label, config file)
+DET_MODELS = {
+    'mambavision_t': ('MambaVision-T', 'configs/det/cascade_mambavision_t_3x.py'),
+    'mambavision_s': ('MambaVision-S', 'configs/det/cascade_mambavision_s_3x.py'),
+    'mambavision_b': ('MambaVision-B', 'configs/det/cascade_mambavision_b_3x.py'),
+    'swin_t': ('Swin-T', 'configs/det/cascade_mambavision_t_3x.py'),  # its backbone replaced by SWIN_T
+}
+# mmdet's Swin-T as in configs/swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py, without the ImageNet weights.
+SWIN_T = dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+              mlp_ratio=4, qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2,
+              patch_norm=True, out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=True, init_cfg=None)
+SWIN_T_WIDTHS = [96, 192, 384, 768]
+DET_DEFAULTS = dict(  # per device type: models, image size (H, W), warm-up steps, timed steps
+    cuda=dict(models=['mambavision_t', 'mambavision_s', 'mambavision_b', 'swin_t'], size=(800, 1344), warmup=5,
+              runs=20),
+    # The published windows (8, 8, 112, 56) pad stage 3 to 112x112 tokens whatever the image size: ~3 min a step
+    # on one CPU core. The CPU default keeps their idea (one padded window per image) at its own size.
+    cpu=dict(models=['mambavision_t@8,8,24,12', 'swin_t'], size=(256, 384), warmup=0, runs=1),
+)
+DET_BOXES = (3, 12)  # ground-truth instances per image, drawn uniformly
+DET_MIN_SIZE = 64
+
+
+def parse_det_model(spec: str) -> Tuple[str, Optional[Tuple[int, ...]]]:
+    """``NAME`` or ``NAME@W1,W2,W3,W4`` (MambaVision only) -> (name, window or None); ValueError if malformed."""
+    name, _, window = spec.partition('@')
+    if name not in DET_MODELS:
+        raise ValueError(f'unknown model {name!r}; allowed: {", ".join(DET_MODELS)} (MambaVision ones optionally '
+                         'with @W1,W2,W3,W4 windows, e.g. mambavision_t@8,8,56,28)')
+    if not window:
+        return name, None
+    if not name.startswith('mambavision_'):
+        raise ValueError(f'{spec!r}: only the MambaVision models take @windows')
+    try:
+        sizes = tuple(int(v) for v in window.split(','))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise ValueError(f'{spec!r}: the windows must be four positive ints, e.g. {name}@8,8,56,28')
+    return name, sizes
+
+
+def det_label(name: str, window: Optional[Sequence[int]], cfg) -> str:
+    if name == 'swin_t':
+        return 'Swin-T (window 7)'
+    return f'{DET_MODELS[name][0]} (window {",".join(map(str, cfg.model.backbone.window_size))})'
+
+
+def build_detector(name: str, window: Optional[Sequence[int]], device: torch.device):
+    """(label, model, optim_wrapper) for one row: the config's detector and optimiser, no pretrained weights."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+
+    from mmmambavision.engine import fall_back_to_fp32
+
+    cfg = Config.fromfile(osp.join(REPO, DET_MODELS[name][1]))
+    if name == 'swin_t':
+        cfg.model.backbone = SWIN_T
+        cfg.model.neck.in_channels = SWIN_T_WIDTHS
+    else:
+        cfg.model.backbone.init_cfg = None
+        if window is not None:
+            cfg.model.backbone.window_size = tuple(window)
+    fall_back_to_fp32(cfg, device.type)  # AmpOptimWrapper needs CUDA; same optimiser in fp32 otherwise
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    # One process: SyncBN would compute plain BN anyway; make it explicit.
+    model = revert_sync_batchnorm(model).to(device).train()
+    return det_label(name, window, cfg), model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def make_det_batch(batch: int, height: int, width: int, seed: int = 0, num_classes: int = 80) -> dict:
+    """A collated batch as mmdet's training pipeline gives it: uint8 images and DetDataSamples whose ground truth
+    is a few random boxes (HorizontalBoxes) with a filled-ellipse bitmap mask each."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    rng = np.random.default_rng(seed)
+    inputs, samples = [], []
+    ys, xs = np.mgrid[:height, :width]
+    for index in range(batch):
+        inputs.append(torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
+        count = int(rng.integers(DET_BOXES[0], DET_BOXES[1] + 1))
+        sizes = rng.uniform(0.05, 0.5, (count, 2)) * (width, height)
+        centres = rng.uniform(0, 1, (count, 2)) * ((width, height) - sizes) + sizes / 2
+        boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+        masks = np.stack([((xs - cx) / (w / 2)) ** 2 + ((ys - cy) / (h / 2)) ** 2 <= 1
+                          for (cx, cy), (w, h) in zip(centres, sizes)]).astype(np.uint8)
+        sample = DetDataSample(metainfo=dict(img_id=index, img_path=None, ori_shape=(height, width),
+                                             img_shape=(height, width), scale_factor=(1., 1.), flip=False,
+                                             flip_direction=None))
+        sample.gt_instances = InstanceData(bboxes=HorizontalBoxes(torch.from_numpy(boxes)),
+                                           labels=torch.from_numpy(rng.integers(0, num_classes, count)),
+                                           masks=BitmapMasks(masks, height, width))
+        sample.ignored_instances = InstanceData(bboxes=HorizontalBoxes(torch.zeros(0, 4)),
+                                                labels=torch.zeros(0, dtype=torch.long))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device):
+    """Median ms of ``model.train_step`` (preprocessing, forward, loss, backward, optimiser step), synchronised,
+    the peak allocated GiB (CUDA) and how many timed steps the loss scaler skipped."""
+    cuda = device.type == 'cuda'
+    scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    times, skipped = [], 0
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + runs):
+        scale = scaler.get_scale() if scaler is not None else None
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.train_step(data, optim_wrapper)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            skipped += scaler is not None and scaler.get_scale() < scale  # inf/nan gradients: step skipped
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
+    return 1000 * statistics.median(times), peak, skipped
+
+
+def det_specs(args, parser, defaults: dict) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
+    """The rows: --det-models (or the device default), then each MambaVision model at every --det-window."""
+    specs = []
+    for spec in args.det_models or defaults['models']:
+        try:
+            specs.append(parse_det_model(spec))
+        except ValueError as error:
+            parser.error(f'argument --det-models: {error}')
+    for window in args.det_window or []:
+        if min(window) < 1:
+            parser.error(f'argument --det-window: expected four positive ints W1 W2 W3 W4 (one window side per '
+                         f'stage), got {" ".join(map(str, window))}')
+        bases = dict.fromkeys(name for name, _ in specs if name.startswith('mambavision_'))
+        if not bases:
+            parser.error('argument --det-window: no MambaVision model in --det-models to apply it to')
+        specs += [(name, tuple(window)) for name in bases]
+    return list(dict.fromkeys(specs))
+
+
+def run_det(args, parser) -> None:
+    from mmdet.utils import register_all_modules
+    from mmengine.logging import MMLogger
+
+    import mmmambavision  # noqa: F401  (registers MambaVision)
+
+    # Keep the table readable: no per-parameter init_weights report, no INFO lines (the header says the backend).
+    MMLogger.get_instance('mmmambavision_benchmark', log_level='WARNING')
+
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    cuda = device.type == 'cuda'
+    defaults = DET_DEFAULTS[device.type]
+    specs = det_specs(args, parser, defaults)
+    height, width = args.det_size or defaults['size']
+    batch = args.batch_size or 2
+    runs = args.runs if args.runs is not None else defaults['runs']
+    warmup = args.warmup if args.warmup is not None else defaults['warmup']
+    register_all_modules()
+    precision = ('AMP: fp16 autocast + dynamic GradScaler (mmengine AmpOptimWrapper, as the configs)' if cuda else
+                 'fp32 (no CUDA: the configs\' AMP is CUDA-only; CPU numbers only check the setup)')
+    print(f'device: {torch.cuda.get_device_name() if cuda else "cpu"}, torch {torch.__version__}, '
+          f'scan backend: {selected_backend(device)}\n'
+          f'Cascade Mask R-CNN + FPN training step (configs/det 3x: 4conv1fc cascade box heads, GIoU, FCN masks), '
+          f'batch {batch} x {height}x{width} (HxW), synthetic ground truth ({DET_BOXES[0]}-{DET_BOXES[1]} boxes + '
+          f'bitmap masks per image, 80 classes)\n'
+          f'{precision}; AdamW (the configs\' lr / weight decay / paramwise settings); SyncBN as BN (one process); '
+          f'no pretrained weights\n'
+          f'median of {runs} timed steps after {warmup} warm-up, synchronised; peak = torch.cuda.max_memory_allocated '
+          'per model')
+    data = make_det_batch(batch, height, width)
+    rows, notes = [], []
+    for name, window in specs:
+        label = f'{DET_MODELS[name][0]} ({"window " + ",".join(map(str, window)) if window else "config windows"})'
+        try:
+            label, model, optim_wrapper = build_detector(name, window, device)
+            params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+            ms, peak, skipped = measure_det(model, optim_wrapper, data, runs, warmup, device)
+            rows.append((name, label, params, ms, peak))
+            if skipped:
+                notes.append(f'{label}: the loss scaler skipped {skipped} of {runs} timed optimiser steps '
+                             '(inf/nan fp16 gradients; the rest of the step still ran)')
+        except torch.cuda.OutOfMemoryError:
+            rows.append((name, label, None, None, 'OOM'))
+        model = optim_wrapper = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    swin = next((ms for name, _, _, ms, _ in rows if name == 'swin_t' and ms), None)
+    print('\n| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |\n'
+          '|---|---:|---:|---:|---:|')
+    for name, label, params, ms, peak in rows:
+        if ms is None:
+            print(f'| {label} | - | out of memory | - | - |')
+            continue
+        peak_text = f'{peak:.2f}' if isinstance(peak, float) else '-'
+        ratio = f'{swin / ms:.2f}x' if swin else '-'
+        print(f'| {label} | {params:.1f} | {ms:.0f} | {peak_text} | {ratio} |')
+    for note in notes:
+        print(f'note: {note}')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.splitlines()[1:]))
+    parser.add_argument('--models', nargs='+', default=None,
+                        help='classification: MambaVision (mambavision_tiny/small/base) or timm model names '
+                        '(default: T, S, B, swin_tiny_patch4_window7_224, convnext_tiny)')
+    parser.add_argument('--batch-size', type=int, default=None, help='default: 128 (CUDA) / 2 (CPU); --det: 2')
+    parser.add_argument('--img-size', type=int, default=None, help='classification input side (default 224)')
+    parser.add_argument('--runs', type=int, default=None,
+                        help='timed runs (default: 30 CUDA / 3 CPU; --det: 20 CUDA / 1 CPU)')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help='warm-up runs (default: 10 CUDA / 1 CPU; --det: 5 CUDA / 0 CPU)')
     parser.add_argument('--channels-last', action='store_true', help='also measure each model in channels_last')
-    args = parser.parse_args()
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='also measure each model replayed from a CUDA graph (every model alike; CUDA only)')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold BatchNorm into convolutions first (changes MambaVision only: the others have '
+                             'no BatchNorm)')
+    det = parser.add_argument_group('detection train step (--det)')
+    det.add_argument('--det', action='store_true', help='time a Cascade Mask R-CNN training step instead')
+    det.add_argument('--det-models', nargs='+', metavar='NAME[@W1,W2,W3,W4]',
+                     help=f'rows, from {", ".join(DET_MODELS)}; a MambaVision name may carry its own windows '
+                     '(default: T, S, B at the configs\' windows and Swin-T on CUDA; '
+                     f'{" ".join(DET_DEFAULTS["cpu"]["models"])} on CPU)')
+    det.add_argument('--det-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
+                     help=f'image size (default: 800 1344 on CUDA, 256 384 on CPU; each at least {DET_MIN_SIZE})')
+    det.add_argument('--det-window', type=int, nargs=4, action='append', metavar='W',
+                     help='also time every MambaVision model of the list with these windows (one row each; '
+                     'repeatable), e.g. 8 8 56 28: less padding than the published 8 8 112 56')
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'runs', 'img_size'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f'argument --{name.replace("_", "-")}: must be a positive int, got {value}')
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f'argument --warmup: must be an int >= 0, got {args.warmup}')
+    if args.det:
+        for name in ('models', 'img_size', 'channels_last'):
+            if getattr(args, name):
+                parser.error(f'argument --{name.replace("_", "-")}: classification only, not with --det '
+                             '(use --det-models / --det-size)')
+        if args.det_size is not None and min(args.det_size) < DET_MIN_SIZE:
+            parser.error(f'argument --det-size: expected HEIGHT WIDTH, two ints of at least {DET_MIN_SIZE}, got '
+                         f'{" ".join(map(str, args.det_size))}')
+    else:
+        if args.cuda_graph and not torch.cuda.is_available():
+            parser.error('argument --cuda-graph: needs a CUDA device')
+        for name in ('det_models', 'det_size', 'det_window'):
+            if getattr(args, name) is not None:
+                parser.error(f'argument --{name.replace("_", "-")}: only with --det')
+    return args, parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args, parser = parse_args(argv)
+    if args.det:
+        run_det(args, parser)
+        return
+    args.models = args.models or ['mambavision_tiny', 'mambavision_small', 'mambavision_base',
+                                  'swin_tiny_patch4_window7_224', 'convnext_tiny']
+    args.img_size = args.img_size or 224
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     cuda = device.type == 'cuda'
     batch = args.batch_size or (128 if cuda else 2)
@@ -55,28 +357,35 @@ def main():
     print(f'device: {torch.cuda.get_device_name() if cuda else "cpu"}, torch {torch.__version__}, '
           f'scan backend: {selected_backend(device)}, batch {batch}, {args.img_size}px')
     rows = []
+    settings = [(cl, graph) for cl in ([False, True] if args.channels_last else [False])
+                for graph in ([False, True] if args.cuda_graph else [False])]
     for name in args.models:
         try:
             model = build(name).to(device).eval()
         except ImportError as err:
             print(f'skip {name}: {err}')
             continue
-        for cl in ([False, True] if args.channels_last else [False]):
+        if args.fuse_conv_bn:
+            model = fuse_conv_bn(model)
+        for cl, graph in settings:
             x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
             if cl:
                 model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-            rows.append((name, cl, measure(model, x, runs, warmup, device)))
+            rows.append((name, cl, graph, measure(model, x, runs, warmup, device, graph=graph)))
         del model
+        if cuda:
+            torch.cuda.empty_cache()
+    ref_names = ('swin_tiny_patch4_window7_224', 'convnext_tiny')
+    # each model against the references at the same execution mode (eager or CUDA graph), each at its best layout
     best = {}
-    for name, cl, ips in rows:
-        best[name] = max(best.get(name, 0), ips)
-    ref = {k: best.get(k) for k in ('swin_tiny_patch4_window7_224', 'convnext_tiny')}
-    print(f'\n| model | channels_last | img/s | vs Swin-T (best) | vs ConvNeXt-T (best) |\n|---|---|---:|---:|---:|')
-    for name, cl, ips in rows:
-        rs = f'{ips / ref["swin_tiny_patch4_window7_224"]:.2f}x' if ref['swin_tiny_patch4_window7_224'] else '-'
-        rc = f'{ips / ref["convnext_tiny"]:.2f}x' if ref['convnext_tiny'] else '-'
-        print(f'| {name} | {cl} | {ips:.0f} | {rs} | {rc} |')
-
+    for name, cl, graph, ips in rows:
+        best[name, graph] = max(best.get((name, graph), 0), ips)
+    print(f'\n| model | channels_last | CUDA graph | img/s | vs Swin-T | vs ConvNeXt-T |\n|---|---|---|---:|---:|---:|')
+    for name, cl, graph, ips in rows:
+        ratios = [f'{ips / best[ref, graph]:.2f}x' if best.get((ref, graph)) else '-' for ref in ref_names]
+        print(f'| {name} | {cl} | {graph} | {ips:.0f} | {ratios[0]} | {ratios[1]} |')
+    print('ratios: against the reference at its best layout (channels_last or not), same execution mode'
+          + ('; BatchNorm folded into convolutions' if args.fuse_conv_bn else ''))
 
 if __name__ == '__main__':
     main()

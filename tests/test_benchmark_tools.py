@@ -1,0 +1,136 @@
+"""tools/get_flops.py (selective scan and window attention counted, against hand counts) and tools/benchmark.py
+--det (the detection train-step table on CPU, argument errors). CPU only, about a minute in all."""
+import importlib.util
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+
+from mmmambavision import MambaVision  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(*args, timeout=120):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+get_flops = load_tool('get_flops')
+benchmark = load_tool('benchmark')
+
+
+def hand_scan(windows: int, dim: int, tokens: int, d_state: int = 8) -> int:
+    """One mixer call, mamba's convention: 9*B*D*L*N + B*D*L, D = dim / 2 channels scanned, B = windows."""
+    channels = dim // 2
+    return 9 * windows * channels * tokens * d_state + windows * channels * tokens
+
+
+# MambaVision-T: stage 3 (dim 320, depth 8) has 4 mixer blocks then 4 attention blocks, stage 4 (dim 640, depth 4)
+# 2 + 2. The scan and the attention run on the padded windows: B counts windows, L is the window's token count.
+CASES = {
+    # 64x64, classification windows (14, 7): stage 3 is 4x4 -> one 14x14 window, stage 4 2x2 -> one 7x7 window
+    'square-default-windows': ((64, 64), (8, 8, 14, 7), dict(s3=(1, 196), s4=(1, 49))),
+    # 64x96, windows (4, 2): stage 3 is 4x6 -> padded 4x8, two 4x4 windows; stage 4 2x3 -> 2x4, two 2x2 windows
+    'two-windows': ((64, 96), (8, 8, 4, 2), dict(s3=(2, 16), s4=(2, 4))),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_get_flops_counts_the_scan_and_attention_as_by_hand(case):
+    (height, width), window, shapes = CASES[case]
+    torch.manual_seed(0)
+    model = MambaVision('tiny', out_indices=(3, ), window_size=window).eval()
+    result = get_flops.count(model, model, torch.randn(1, 3, height, width))
+    (w3, l3), (w4, l4) = shapes['s3'], shapes['s4']
+    scan3, scan4 = 4 * hand_scan(w3, 320, l3), 2 * hand_scan(w4, 640, l4)
+    assert result['scan'] == scan3 + scan4
+    assert sorted(call[1:] for call in result['scan_calls']) == sorted(
+        [(w3, 160, l3, 8)] * 4 + [(w4, 320, l4, 8)] * 2)
+    parts = {name: scan for name, _, scan in result['parts']}
+    assert parts['levels.2'] == scan3 and parts['levels.3'] == scan4 and parts['levels.0'] == 0
+    # q.k^T and attn.v: windows * L^2 * dim each (heads x head_dim = dim)
+    assert result['attention'] == 4 * 2 * w3 * l3 ** 2 * 320 + 2 * 2 * w4 * l4 ** 2 * 640
+    assert result['total'] == result['mmengine'] + result['scan']
+    assert result['mmengine'] > 50 * result['scan'] > 0
+
+
+def test_scan_formula_is_mambas_convention():
+    assert get_flops.scan_flops(2, 3, 5, 7) == 9 * 2 * 3 * 5 * 7 + 2 * 3 * 5
+    assert get_flops.scan_flops(2, 3, 5, 7, with_d=False) == 9 * 2 * 3 * 5 * 7
+
+
+def test_get_flops_cli_prints_the_table():
+    proc = run_tool('tools/get_flops.py', '--arch', 'tiny', '--shape', '64')
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert '| model | input (HxW) | GFLOPs | params (M) | selective scan share |' in out
+    assert '9*B*D*L*N + B*D*L' in out
+    row = next(line for line in out.splitlines() if line.startswith('| **total**'))
+    assert float(row.split('|')[2]) == pytest.approx(31.15, abs=0.01)  # backbone params (M)
+    assert float(row.split('|')[5]) > 0  # GFLOPs
+
+
+@pytest.mark.parametrize('args, argument', [
+    (['--arch', 'tiny', '--shape', '16'], '--shape'),
+    (['--arch', 'tiny', '--shape', '64', '64', '64'], '--shape'),
+    (['--arch', 'huge'], '--arch'),
+    (['--arch', 'tiny', '--window-size', '0', '8', '8', '8'], '--window-size'),
+    ([], 'config file or --arch'),
+    (['configs/det/missing.py'], 'file not found'),
+])
+def test_get_flops_bad_arguments_exit_with_a_message(args, argument):
+    proc = run_tool('tools/get_flops.py', *args)
+    assert proc.returncode != 0
+    assert argument in proc.stderr
+
+
+def test_benchmark_det_model_specs():
+    assert benchmark.parse_det_model('mambavision_s') == ('mambavision_s', None)
+    assert benchmark.parse_det_model('mambavision_t@8,8,56,28') == ('mambavision_t', (8, 8, 56, 28))
+    for bad in ('swin_s', 'swin_t@8,8,8,8', 'mambavision_t@8,8,56', 'mambavision_t@8,8,0,4'):
+        with pytest.raises(ValueError):
+            benchmark.parse_det_model(bad)
+
+
+def test_benchmark_det_runs_on_cpu_and_prints_the_table():
+    proc = run_tool('tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
+                    '--warmup', '0', '--runs', '1', timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert 'fp32 (no CUDA' in out and 'batch 2 x 64x96' in out
+    assert '| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |' in out
+    row = next(line for line in out.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert float(cells[1]) == pytest.approx(31.2, abs=0.05)
+    assert float(cells[2]) > 0
+    assert cells[3] == '-' and cells[4] == '-'  # CPU: no peak memory; no Swin-T row to compare with
+    assert 'init_weights' not in out  # mmengine's per-parameter init report stays out of the table
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--det', '--det-size', '0', '96'], 'argument --det-size'),
+    (['--det', '--det-size', '64'], 'argument --det-size'),
+    (['--det', '--det-size', '64', 'wide'], 'argument --det-size'),
+    (['--det', '--det-models', 'resnet50'], 'allowed: mambavision_t, mambavision_s, mambavision_b, swin_t'),
+    (['--det', '--det-models', 'swin_t', '--det-window', '8', '8', '56', '28'], 'argument --det-window'),
+    (['--det-size', '64', '96'], 'only with --det'),
+    (['--det', '--channels-last'], 'classification only'),
+])
+def test_benchmark_bad_arguments_exit_with_a_message(args, message):
+    proc = run_tool('tools/benchmark.py', *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
