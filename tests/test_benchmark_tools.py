@@ -129,6 +129,7 @@ def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     (['--det', '--det-models', 'swin_t', '--det-window', '8', '8', '56', '28'], 'argument --det-window'),
     (['--det-size', '64', '96'], 'only with --det'),
     (['--det', '--channels-last'], 'classification only'),
+    (['--det', '--fuse-conv-bn'], 'argument --fuse-conv-bn: classification only'),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message):
     proc = run_tool('tools/benchmark.py', *args)

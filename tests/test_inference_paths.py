@@ -75,3 +75,24 @@ def test_backbone_inference_under_autocast_is_close_to_fp32():
     for a, b in zip(out, ref):
         assert torch.isfinite(a).all()
         assert (a.float() - b).norm() / b.norm() < 3e-2
+
+
+def test_folding_batchnorm_into_convolutions_keeps_the_outputs():
+    """tools/benchmark.py --fuse-conv-bn folds every BatchNorm (stem, conv blocks) into its convolution."""
+    mmcv_cnn = pytest.importorskip('mmcv.cnn')
+    torch.manual_seed(0)
+    arch = dict(dim=16, in_dim=8, depths=(2, 1, 2, 2), num_heads=(1, 2, 2, 4))
+    model = MambaVision(arch, window_size=(8, 8, 3, 2))
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(2, 3, 64, 64) * 2 + 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        fused = mmcv_cnn.fuse_conv_bn(model)
+        out = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

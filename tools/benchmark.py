@@ -326,7 +326,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     if args.warmup is not None and args.warmup < 0:
         parser.error(f'argument --warmup: must be an int >= 0, got {args.warmup}')
     if args.det:
-        for name in ('models', 'img_size', 'channels_last'):
+        for name in ('models', 'img_size', 'channels_last', 'cuda_graph', 'fuse_conv_bn'):
             if getattr(args, name):
                 parser.error(f'argument --{name.replace("_", "-")}: classification only, not with --det '
                              '(use --det-models / --det-size)')

@@ -38,7 +38,8 @@ model = dict(
         # The published wrapper ignored its config's rate: every published detection run trained with 0.2.
         drop_path_rate=0.2,
         # ImageNet-1K weights (nvidia/MambaVision-T-1K on the Hugging Face hub, CC-BY-NC-SA-4.0) go here;
-        # train from scratch with --cfg-options model.backbone.init_cfg=None.
+        # train from scratch with --cfg-options model.backbone.init_cfg=None optim_wrapper.type=OptimWrapper
+        # (fp32: from scratch, the padded windows' gradients can overflow fp16; see README, Detection).
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mambavision_tiny_1k.pth.tar')),
     neck=dict(in_channels=[80, 160, 320, 640]),
     roi_head=dict(bbox_head=[

@@ -131,7 +131,8 @@ def check_pretrained(cfg: Config) -> None:
                 f'pretrained backbone weights {checkpoint!r} not found (working directory {os.getcwd()}). '
                 f'Download the published ImageNet-1K file (Hugging Face hub, nvidia/MambaVision-*-1K; '
                 f'CC-BY-NC-SA-4.0) to {checkpoint}, or train from scratch with '
-                '--cfg-options model.backbone.init_cfg=None')
+                '--cfg-options model.backbone.init_cfg=None (in fp32 on GPU: add optim_wrapper.type=OptimWrapper; '
+                'from scratch, fp16 AMP can overflow)')
 
 
 def _build_runner(cfg: Config) -> Runner:
