@@ -91,24 +91,24 @@ def _attention(t, sd, p, num_heads):
     return _linear(torch.cat(outs, -1), sd, p + 'proj.')
 
 
-def _cut_windows(x, ws):
+def _cut_windows(x, wh, ww):
     batch, channels, height, width = x.shape
     seqs = []
     for b in range(batch):
-        for r in range(height // ws):
-            for c in range(width // ws):
-                win = x[b, :, r * ws:(r + 1) * ws, c * ws:(c + 1) * ws]
-                seqs.append(win.reshape(channels, ws * ws).T)  # token index = row * ws + col
+        for r in range(height // wh):
+            for c in range(width // ww):
+                win = x[b, :, r * wh:(r + 1) * wh, c * ww:(c + 1) * ww]
+                seqs.append(win.reshape(channels, wh * ww).T)  # token index = row * ww + col
     return torch.stack(seqs)
 
 
-def _paste_windows(seqs, ws, batch, channels, height, width):
+def _paste_windows(seqs, wh, ww, batch, channels, height, width):
     x = torch.zeros(batch, channels, height, width, dtype=seqs.dtype)
     i = 0
     for b in range(batch):
-        for r in range(height // ws):
-            for c in range(width // ws):
-                x[b, :, r * ws:(r + 1) * ws, c * ws:(c + 1) * ws] = seqs[i].T.reshape(channels, ws, ws)
+        for r in range(height // wh):
+            for c in range(width // ww):
+                x[b, :, r * wh:(r + 1) * wh, c * ww:(c + 1) * ww] = seqs[i].T.reshape(channels, wh, ww)
                 i += 1
     return x
 
@@ -138,12 +138,15 @@ def reference_forward(state_dict, x, num_heads, window_size, out_indices=(0, 1, 
                     y = y * sd[p + 'gamma'][:, None, None]
                 x = x + y
         if i >= 2:
-            ws = window_size[i]
             batch, channels, height, width = x.shape
-            ph, pw = math.ceil(height / ws) * ws, math.ceil(width / ws) * ws
+            if window_size[i] is None:  # one window over the whole map, no padding
+                wh, ww = height, width
+            else:
+                wh = ww = window_size[i]
+            ph, pw = math.ceil(height / wh) * wh, math.ceil(width / ww) * ww
             padded = torch.zeros(batch, channels, ph, pw, dtype=x.dtype)
             padded[:, :, :height, :width] = x
-            t = _cut_windows(padded, ws)
+            t = _cut_windows(padded, wh, ww)
             for j in range(num_blocks(sd, i)):
                 p = f'levels.{i}.blocks.{j}.'
                 y = _layer_norm(t, sd[p + 'norm1.weight'], sd[p + 'norm1.bias'])
@@ -155,7 +158,7 @@ def reference_forward(state_dict, x, num_heads, window_size, out_indices=(0, 1, 
                 y = _layer_norm(t, sd[p + 'norm2.weight'], sd[p + 'norm2.bias'])
                 y = _linear(_gelu_erf(_linear(y, sd, p + 'mlp.fc1.')), sd, p + 'mlp.fc2.')
                 t = t + y * sd.get(p + 'gamma_2', 1.)
-            x = _paste_windows(t, ws, batch, channels, ph, pw)[:, :, :height, :width]
+            x = _paste_windows(t, wh, ww, batch, channels, ph, pw)[:, :, :height, :width]
         if i in out_indices:
             out = _layer_norm(x.permute(0, 2, 3, 1), sd[f'outnorm{i}.weight'], sd[f'outnorm{i}.bias'])
             outs.append(out.permute(0, 3, 1, 2))

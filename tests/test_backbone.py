@@ -89,6 +89,7 @@ def test_misspelt_keyword_is_a_type_error():
     (dict(window_size=(8, 8, 14)), 'window_size'),
     (dict(window_size=(8, 8, 0, 7)), 'window_size'),
     (dict(window_size=(8, 8, 14.0, 7)), 'window_size'),
+    (dict(window_size=(None, 8, 14, 7)), 'window_size'),
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(frozen_stages=-2), 'frozen_stages'),
 ])
@@ -153,6 +154,23 @@ def test_classification_windows_match_float64_reference(arch):
 ])
 def test_detection_and_segmentation_windows_match_float64_reference(arch, window, size):
     _check_against_reference(MambaVision(arch, window_size=window), size, seed=1)
+
+
+@pytest.mark.parametrize('window', [(8, 8, None, None), (8, 8, 3, None)])
+def test_whole_map_windows_match_float64_reference(window):
+    # 93x61: stage 3 is 6x4 and stage 4 3x2, non-square maps run as single unpadded sequences
+    _check_against_reference(MambaVision(SMALL_ARCH, window_size=window), (93, 61), seed=2)
+
+
+def test_whole_map_window_equals_an_exactly_fitting_window():
+    torch.manual_seed(0)
+    model = MambaVision(SMALL_ARCH, window_size=(8, 8, 4, 2)).eval()
+    whole = MambaVision(SMALL_ARCH, window_size=(8, 8, None, None)).eval()
+    whole.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)  # stage 3 is 4x4, stage 4 2x2: one window each, no padding either way
+    with torch.no_grad():
+        for a, b in zip(model(x), whole(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_every_parameter_receives_a_gradient():

@@ -89,6 +89,7 @@ def test_get_flops_cli_prints_the_table():
     (['--arch', 'tiny', '--shape', '64', '64', '64'], '--shape'),
     (['--arch', 'huge'], '--arch'),
     (['--arch', 'tiny', '--window-size', '0', '8', '8', '8'], '--window-size'),
+    (['--arch', 'tiny', '--window-size', '8', '8', 'wide', '8'], '--window-size'),
     ([], 'config file or --arch'),
     (['configs/det/missing.py'], 'file not found'),
 ])
@@ -101,7 +102,9 @@ def test_get_flops_bad_arguments_exit_with_a_message(args, argument):
 def test_benchmark_det_model_specs():
     assert benchmark.parse_det_model('mambavision_s') == ('mambavision_s', None)
     assert benchmark.parse_det_model('mambavision_t@8,8,56,28') == ('mambavision_t', (8, 8, 56, 28))
-    for bad in ('swin_s', 'swin_t@8,8,8,8', 'mambavision_t@8,8,56', 'mambavision_t@8,8,0,4'):
+    assert benchmark.parse_det_model('mambavision_b@8,8,none,None') == ('mambavision_b', (8, 8, None, None))
+    for bad in ('swin_s', 'swin_t@8,8,8,8', 'mambavision_t@8,8,56', 'mambavision_t@8,8,0,4',
+                'mambavision_t@none,8,8,8', 'mambavision_t@8,8,x,8'):
         with pytest.raises(ValueError):
             benchmark.parse_det_model(bad)
 
@@ -130,6 +133,7 @@ def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     (['--det-size', '64', '96'], 'only with --det'),
     (['--det', '--channels-last'], 'classification only'),
     (['--det', '--fuse-conv-bn'], 'argument --fuse-conv-bn: classification only'),
+    (['--det', '--det-window', '8', 'none', '8', '8'], 'argument --det-window'),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message):
     proc = run_tool('tools/benchmark.py', *args)

@@ -96,3 +96,33 @@ def test_folding_batchnorm_into_convolutions_keeps_the_outputs():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_traces_the_backbone_and_breaks_only_at_the_scan():
+    """torch.compile: dynamo traces everything but the scan (run as in eager mode); values and grads unchanged."""
+    import torch._dynamo as dynamo
+    torch.manual_seed(0)
+    arch = dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4))
+    model = MambaVision(arch, window_size=(8, 8, 3, 2)).train()
+    x = torch.randn(2, 3, 64, 64)
+    explanation = dynamo.explain(model)(x)
+    reasons = [str(b.reason) for b in explanation.break_reasons]
+    sites = {(b.user_stack[-1].filename.split('/')[-1], b.user_stack[-1].lineno) for b in explanation.break_reasons}
+    # every break is the scan call of the mixer (dynamo reports it once per enclosing frame it resumes in)
+    assert reasons and all('torch.compiler.disable' in r for r in reasons)
+    assert len(sites) == 1 and next(iter(sites))[0] == 'mixer.py'
+
+    dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', dynamic=False)
+    torch.manual_seed(1)
+    outs = model(x)
+    sum(o.square().mean() for o in outs).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(1)
+    outs_c = compiled(x)
+    sum(o.square().mean() for o in outs_c).backward()
+    for a, b in zip(outs_c, outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-4, atol=1e-6, msg=name)

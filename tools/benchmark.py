@@ -12,6 +12,7 @@ Swin-T in the same detector; median step time and peak memory, one table.
 
     python tools/benchmark.py --det                                   # CUDA: T, S, B, Swin-T at 800x1344
     python tools/benchmark.py --det --det-window 8 8 56 28            # plus each MambaVision at these windows
+    python tools/benchmark.py --det --det-window 8 8 none none        # ... and over whole maps, no padding
     python tools/benchmark.py --det --det-models mambavision_t@8,8,8,4 --det-size 64 96 --warmup 0 --runs 1
 """
 import argparse
@@ -114,12 +115,23 @@ def parse_det_model(spec: str) -> Tuple[str, Optional[Tuple[int, ...]]]:
     if not name.startswith('mambavision_'):
         raise ValueError(f'{spec!r}: only the MambaVision models take @windows')
     try:
-        sizes = tuple(int(v) for v in window.split(','))
+        sizes = tuple(window_side(v) for v in window.split(','))
     except ValueError:
         sizes = ()
-    if len(sizes) != 4 or min(sizes) < 1:
-        raise ValueError(f'{spec!r}: the windows must be four positive ints, e.g. {name}@8,8,56,28')
+    if len(sizes) != 4 or None in sizes[:2]:
+        raise ValueError(f'{spec!r}: the windows must be four positive ints (stages 3-4 may be "none": the whole '
+                         f'map, no padding), e.g. {name}@8,8,56,28 or {name}@8,8,none,none')
     return name, sizes
+
+
+def window_side(text: str) -> Optional[int]:
+    """A window side: a positive int, or 'none' (one window over the whole map, no padding)."""
+    if text.strip().lower() == 'none':
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(f'window side must be >= 1, got {value}')
+    return value
 
 
 def det_label(name: str, window: Optional[Sequence[int]], cfg) -> str:
@@ -216,10 +228,14 @@ def det_specs(args, parser, defaults: dict) -> List[Tuple[str, Optional[Tuple[in
             specs.append(parse_det_model(spec))
         except ValueError as error:
             parser.error(f'argument --det-models: {error}')
-    for window in args.det_window or []:
-        if min(window) < 1:
-            parser.error(f'argument --det-window: expected four positive ints W1 W2 W3 W4 (one window side per '
-                         f'stage), got {" ".join(map(str, window))}')
+    for raw in args.det_window or []:
+        try:
+            window = [window_side(w) for w in raw]
+        except ValueError:
+            window = [None]
+        if None in window[:2]:
+            parser.error(f'argument --det-window: expected W1 W2 W3 W4, positive ints (W3, W4 may be "none": the '
+                         f'whole map, no padding), got {" ".join(raw)}')
         bases = dict.fromkeys(name for name, _ in specs if name.startswith('mambavision_'))
         if not bases:
             parser.error('argument --det-window: no MambaVision model in --det-models to apply it to')
@@ -315,9 +331,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                      f'{" ".join(DET_DEFAULTS["cpu"]["models"])} on CPU)')
     det.add_argument('--det-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                      help=f'image size (default: 800 1344 on CUDA, 256 384 on CPU; each at least {DET_MIN_SIZE})')
-    det.add_argument('--det-window', type=int, nargs=4, action='append', metavar='W',
+    det.add_argument('--det-window', nargs=4, action='append', metavar='W',
                      help='also time every MambaVision model of the list with these windows (one row each; '
-                     'repeatable), e.g. 8 8 56 28: less padding than the published 8 8 112 56')
+                     'repeatable), e.g. 8 8 56 28 (less padding than the published 8 8 112 56) or 8 8 none none '
+                     '(stages 3-4 over the whole map, no padding)')
     args = parser.parse_args(argv)
     for name in ('batch_size', 'runs', 'img_size'):
         value = getattr(args, name)

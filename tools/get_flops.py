@@ -305,6 +305,16 @@ def report(title: str, shape: Tuple[int, int], batch_shape: Sequence[int], resul
           f'{100 * result["scan"] / total:.2f}% |')
 
 
+def _window_side(text: str):
+    """argparse type of --window-size: an int, or 'none' (MambaVision checks the values)."""
+    if text.strip().lower() == 'none':
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an int or "none", got {text!r}')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -318,8 +328,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         'a detection config, 512 2048 for a segmentation config)')
     parser.add_argument('--out-indices', type=int, nargs='+', metavar='I',
                         help='--arch only: stages the backbone outputs (default 3: the classification trunk)')
-    parser.add_argument('--window-size', type=int, nargs=4, metavar='W',
-                        help='--arch only: window side per stage (default: the classification windows 8 8 14 7)')
+    parser.add_argument('--window-size', type=_window_side, nargs=4, metavar='W',
+                        help='--arch only: window side per stage (default: the classification windows 8 8 14 7); '
+                        '"none" for stage 3 / 4: the whole map, no padding')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='config file only: overrides, e.g. model.backbone.window_size="(8,8,56,28)"')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default=None,

@@ -24,10 +24,11 @@ class MambaVisionLevel(nn.Module):
     """One stage: conv blocks (stages 1-2) or windowed hybrid blocks (stages 3-4), then an optional downsample.
 
     Hybrid stages pad the map once to a multiple of the window, run every block on the same window sequences
-    (the last ``depth // 2`` blocks use attention) and crop back.
+    (the last ``depth // 2`` blocks use attention) and crop back. ``window_size=None``: one sequence per image,
+    the whole map in row-major order, no padding.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, conv: bool, window_size: int,
+    def __init__(self, dim: int, depth: int, num_heads: int, conv: bool, window_size: Optional[int],
                  downsample: bool, drop_path: Sequence[float], mlp_ratio: float = 4.,
                  layer_scale: Optional[float] = None, layer_scale_conv: Optional[float] = None,
                  with_cp: bool = False):
@@ -57,6 +58,10 @@ class MambaVisionLevel(nn.Module):
         """Returns the stage output before the downsample."""
         if self.conv:
             return self._run_blocks(x)
+        if self.window_size is None:
+            batch, channels, height, width = x.shape
+            x = self._run_blocks(x.flatten(2).transpose(1, 2))
+            return x.transpose(1, 2).reshape(batch, channels, height, width)
         height, width = x.shape[-2:]
         x = pad_to_window(x, self.window_size)
         padded_h, padded_w = x.shape[-2:]
@@ -95,9 +100,13 @@ class MambaVision(BaseModule):
             ``layer_scale``, ``layer_scale_conv``, ``drop_path_rate``.
         in_channels: input channels.
         out_indices: stages to output, each in 0..3.
-        window_size: window side per stage (four positive ints; stages 1-2 are convolutional and ignore it).
+        window_size: window side per stage (four entries; stages 1-2 are convolutional and ignore theirs).
             Classification used (8, 8, 14, 7), the published detection runs (8, 8, 112, 56), segmentation
-            (8, 8, 64, 32). No weight depends on it, but outputs do (padding is not masked).
+            (8, 8, 64, 32). No weight depends on it, but outputs do (padding is not masked). ``None`` for stage 3
+            or 4 runs that stage over the whole map as one sequence without padding: at COCO scale the published
+            112 / 56 windows are mostly padding (an 84x50 stage-3 map in 112x112), so ``(8, 8, None, None)`` is
+            much cheaper, but it is a different model from the published one (whose padding tokens take part in
+            the scan and the attention).
         drop_path_rate: stochastic depth, linear over all blocks; ``None`` means the arch's published value.
         frozen_stages: -1 freezes nothing, 0 the stem, k the stem and stages 0..k-1 (with their downsample
             and output norm).
@@ -138,8 +147,11 @@ class MambaVision(BaseModule):
             raise ValueError(f'out_indices must be a non-empty sequence of ints in 0..3, got {out_indices!r}')
         window_size = tuple(window_size) if isinstance(window_size, (list, tuple)) else window_size
         if (not isinstance(window_size, tuple) or len(window_size) != 4
-                or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in window_size)):
-            raise ValueError(f'window_size must be four positive ints (one per stage), got {window_size!r}')
+                or any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
+                       for w in window_size)
+                or any(w is None for w in window_size[:2])):
+            raise ValueError('window_size must be four entries (one per stage), each a positive int, or None for '
+                             f'stage 3 / 4 (the whole map as one window, no padding); got {window_size!r}')
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be an int in -1..4, got {frozen_stages!r}')
         if drop_path_rate is None:

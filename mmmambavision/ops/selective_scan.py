@@ -172,6 +172,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f'z must have the shape of u {tuple(u.shape)}; got {tuple(z.shape)}')
 
 
+# torch.compile: the scan runs as it does in eager mode (one graph break per call) rather than being traced: the
+# backends are a compiled extension, Triton launches and a time loop that tracing would unroll step by step.
+@torch.compiler.disable
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False,
