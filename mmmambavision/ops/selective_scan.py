@@ -172,9 +172,6 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f'z must have the shape of u {tuple(u.shape)}; got {tuple(z.shape)}')
 
 
-# torch.compile: the scan runs as it does in eager mode (one graph break per call) rather than being traced: the
-# backends are a compiled extension, Triton launches and a time loop that tracing would unroll step by step.
-@torch.compiler.disable
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False,
@@ -200,6 +197,28 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     Returns:
         y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
     """
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
+    if torch.compiler.is_compiling():
+        return _untraced()(*args)
+    return _selective_scan(*args)
+
+
+_UNTRACED = None
+
+
+def _untraced():
+    """``_selective_scan`` behind ``torch.compiler.disable``, made on first use (no dynamo import before that).
+
+    Under torch.compile the scan runs as in eager mode, one graph break per call, rather than being traced: its
+    backends are a compiled extension, Triton launches, or a time loop that tracing would unroll step by step.
+    """
+    global _UNTRACED
+    if _UNTRACED is None:
+        _UNTRACED = torch.compiler.disable(_selective_scan)
+    return _UNTRACED
+
+
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = selected_backend(u.device, backend)
     if name == 'cuda':
