@@ -5,6 +5,7 @@ MambaVision T/S/B beside timm's Swin-T and ConvNeXt-T (when timm is installed) i
     python tools/benchmark.py                      # CUDA if present, else a small CPU run
     python tools/benchmark.py --channels-last --batch-size 128 --runs 30
     python tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn     # every deployment option
+    python tools/benchmark.py --channels-last --compile                       # torch.compile, every model
 
 ``--det``: one Cascade Mask R-CNN training step instead (the 3x configs of configs/det, 2 images of 800x1344 by
 default, mmengine's ``train_step`` with the configs' AdamW and AMP on CUDA), MambaVision T/S/B beside mmdet's
@@ -320,6 +321,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     parser.add_argument('--channels-last', action='store_true', help='also measure each model in channels_last')
     parser.add_argument('--cuda-graph', action='store_true',
                         help='also measure each model replayed from a CUDA graph (every model alike; CUDA only)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile(model, dynamic=False) every model first (the warm-up absorbs compiling)')
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold BatchNorm into convolutions first (changes MambaVision only: the others have '
                              'no BatchNorm)')
@@ -343,7 +346,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     if args.warmup is not None and args.warmup < 0:
         parser.error(f'argument --warmup: must be an int >= 0, got {args.warmup}')
     if args.det:
-        for name in ('models', 'img_size', 'channels_last', 'cuda_graph', 'fuse_conv_bn'):
+        for name in ('models', 'img_size', 'channels_last', 'cuda_graph', 'fuse_conv_bn', 'compile'):
             if getattr(args, name):
                 parser.error(f'argument --{name.replace("_", "-")}: classification only, not with --det '
                              '(use --det-models / --det-size)')
@@ -388,7 +391,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
             if cl:
                 model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-            rows.append((name, cl, graph, measure(model, x, runs, warmup, device, graph=graph)))
+            run_model = torch.compile(model, dynamic=False) if args.compile else model
+            rows.append((name, cl, graph, measure(run_model, x, runs, warmup, device, graph=graph)))
         del model
         if cuda:
             torch.cuda.empty_cache()
@@ -402,7 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ratios = [f'{ips / best[ref, graph]:.2f}x' if best.get((ref, graph)) else '-' for ref in ref_names]
         print(f'| {name} | {cl} | {graph} | {ips:.0f} | {ratios[0]} | {ratios[1]} |')
     print('ratios: against the reference at its best layout (channels_last or not), same execution mode'
-          + ('; BatchNorm folded into convolutions' if args.fuse_conv_bn else ''))
+          + ('; BatchNorm folded into convolutions' if args.fuse_conv_bn else '')
+          + ('; every model torch.compile-d (dynamic=False)' if args.compile else ''))
 
 if __name__ == '__main__':
     main()
