@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Everything this project measures or checks on a GPU, in one go (one device call: start-up counts against a
+# budget). Writes logs under OUT (default ./gpu_suite_out) and prints the tables at the end.
+#
+#   bash tools/gpu_suite.sh                     # on a machine with this stack installed
+#   # device machine of the device tool: copy ../shared/device to .device_kit first, carry it, then
+#   source .device_kit/setup_device.sh > /tmp/kit.log 2>&1; export PYTHONPATH=$PWD:$PYTHONPATH; bash tools/gpu_suite.sh
+#
+# Steps (each bounded by a timeout, in seconds, overridable through the environment):
+#   1. GPU tests of the selective scan (tests/test_selective_scan_gpu.py)         T_TESTS=300
+#   2. classification throughput: T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and without
+#      BatchNorm folding; the Triton scan for T                                         T_CLS=240
+#   3. Cascade Mask R-CNN train step: Swin-T first (warm-up row), T at the published windows, (8,8,56,28) and
+#      whole maps (8,8,none,none), S, B                                                 T_DET=240
+#   4. selective-scan kernels: cuda vs triton at the classification and detection shapes, fp16  T_SCAN=120
+set -u
+PY=${PYTHON:-python3}
+OUT=${OUT:-gpu_suite_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+run() {  # name timeout command...
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? (log $OUT/$name.log)"
+}
+nvidia-smi -L 2>/dev/null; date -u
+run scan_gpu_tests "${T_TESTS:-300}" $PY -m pytest -q -p no:cacheprovider tests/test_selective_scan_gpu.py
+run cls "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph
+run cls_fused "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
+MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph \
+  --fuse-conv-bn --models mambavision_tiny swin_tiny_patch4_window7_224
+run det "${T_DET:-240}" $PY tools/benchmark.py --det --warmup 5 --runs 20 --det-models swin_t mambavision_t \
+  mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
+run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --shapes 128x160x196 2x160x12544 \
+  --dtypes fp16 --backends cuda triton
+for name in scan_gpu_tests cls cls_fused cls_triton det scan; do
+  echo; echo "### $name"
+  grep -E '^\||^device|^ratios|^note|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -40
+done
