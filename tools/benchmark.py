@@ -37,6 +37,26 @@ def build(name):
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
+def synced_times(step, runs, warmup, device, after=None):
+    """Seconds of each of ``runs`` calls of ``step()`` after ``warmup`` untimed ones, synchronised on CUDA.
+
+    ``after``: called after every call, outside the timed region.
+    """
+    times = []
+    for i in range(warmup + runs):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        if after is not None:
+            after()
+    return times
+
+
 def measure(model, x, runs, warmup, device, graph=False):
     """Images per second of ``model(x)`` in eval under fp16 (CUDA) / bf16 (CPU) autocast, median of ``runs``.
 
@@ -55,17 +75,8 @@ def measure(model, x, runs, warmup, device, graph=False):
         with torch.no_grad(), torch.autocast('cuda', dtype=dtype, cache_enabled=False), torch.cuda.graph(static):
             model(x)
         run = static.replay
-    times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=True):
-        for i in range(warmup + runs):
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        times = synced_times(run, runs, warmup, device)
     return x.shape[0] / statistics.median(times)
 
 
@@ -202,21 +213,14 @@ def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device
     the peak allocated GiB (CUDA) and how many timed steps the loss scaler skipped."""
     cuda = device.type == 'cuda'
     scaler = getattr(optim_wrapper, 'loss_scaler', None)
-    times, skipped = [], 0
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + runs):
-        scale = scaler.get_scale() if scaler is not None else None
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.train_step(data, optim_wrapper)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-            skipped += scaler is not None and scaler.get_scale() < scale  # inf/nan gradients: step skipped
+    scales = [scaler.get_scale()] if scaler is not None else []  # the scale before each step, then after the last
+    times = synced_times(lambda: model.train_step(data, optim_wrapper), runs, warmup, device,
+                         after=(lambda: scales.append(scaler.get_scale())) if scaler is not None else None)
+    # the loss scaler lowers its scale when it skips a step (inf/nan gradients)
+    skipped = sum(after < before for before, after in zip(scales[warmup:], scales[warmup + 1:]))
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
     return 1000 * statistics.median(times), peak, skipped
 

@@ -152,17 +152,15 @@ def build_backbone(args, parser: argparse.ArgumentParser, device: torch.device) 
 
 
 def load_config(path: str, cfg_options: Optional[dict], parser: argparse.ArgumentParser):
-    from mmengine.config import Config
+    """The config as tools/train.py reads it (options applied, mmdet / mmseg scope checked); errors via parser."""
+    from mmmambavision.engine.entrypoints import load_config as load_tool_config
     if not osp.isfile(path):
         parser.error(f'argument config: file not found: {path}')
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        parser.error(f'argument config: {path} has default_scope={scope!r}; allowed: a detection (mmdet) or '
-                     'segmentation (mmseg) config')
-    return cfg, scope
+    try:
+        cfg = load_tool_config(path, cfg_options or None, launcher='none', work_dir=None)
+    except ValueError as error:
+        parser.error(f'argument config: {error}')
+    return cfg, cfg.default_scope
 
 
 def build_from_config(cfg, scope: str, shape: Tuple[int, int], device: torch.device):
