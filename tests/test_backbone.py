@@ -173,6 +173,22 @@ def test_whole_map_window_equals_an_exactly_fitting_window():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('window', [(8, 8, None, None), (8, 8, 3, 2)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_hybrid_blocks_get_contiguous_sequences(window, channels_last):
+    # a strided (transposed) view would make every elementwise op and norm of the stage run on strided memory
+    model = MambaVision(SMALL_ARCH, window_size=window).eval()
+    seen = []
+    for level in model.levels[2:]:
+        level.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    x = torch.randn(2, 3, 93, 61)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model(x)
+    assert seen == [True, True]
+
+
 def test_every_parameter_receives_a_gradient():
     model = MambaVision(SMALL_ARCH, window_size=(8, 8, 3, 2)).train()
     outs = model(torch.randn(2, 3, 48, 40))

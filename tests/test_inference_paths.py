@@ -29,6 +29,35 @@ def test_half_layernorm_in_inference_matches_fp32(dtype):
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
 
 
+def test_half_layernorm_runs_outside_autocast(monkeypatch):
+    # On CUDA, autocast has an fp32 kernel for native_layer_norm: called under autocast, the "half" path casts
+    # input and parameters to fp32 and writes fp32 (three casts more, not fewer). The call must skip autocast.
+    seen = []
+    native = torch.native_layer_norm
+
+    def spy(*args, **kwargs):
+        seen.append(torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.AutocastCPU))
+        return native(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'native_layer_norm', spy)
+    norm = _ln()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not torch._C._dispatch_tls_is_dispatch_key_excluded(torch._C.DispatchKey.AutocastCPU)
+        norm(torch.randn(2, 5, 48).to(torch.bfloat16))
+    assert seen == [True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_half_layernorm_stays_half_under_cuda_autocast():
+    norm = _ln().cuda()
+    x = torch.randn(4, 10, 48, device='cuda', dtype=torch.float16)
+    expected = F.layer_norm(x.double(), (48, ), norm.weight.double(), norm.bias.double(), norm.eps)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16):
+        out = norm(x)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+
+
 def test_training_keeps_autocasts_own_layernorm():
     norm = _ln()
     plain = torch.nn.LayerNorm(48)

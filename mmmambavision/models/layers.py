@@ -88,13 +88,23 @@ class ConvBlock(nn.Module):
         return shortcut + self.drop_path(x)
 
 
+def _no_autocast():
+    """A context in which autocast does not intercept ops (every device type); cheap, unlike a full
+    ``torch.autocast(enabled=False)`` (it only excludes the autocast dispatch keys)."""
+    guard = getattr(torch._C, '_DisableAutocast', None)
+    if guard is not None:
+        return guard()
+    return torch.autocast('cuda', enabled=False)  # pragma: no cover - older torch
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` that, in inference under fp16/bf16 autocast, stays in the activations' dtype.
 
     Autocast runs LayerNorm in fp32 and writes an fp32 output that the next matmul casts back to fp16: two extra
     passes over the activations. Without autograd (``torch.no_grad`` / ``inference_mode``) and with a half-precision
     input under autocast, this normalises in the input's dtype instead (the kernel's statistics are fp32 either
-    way; the affine parameters are cast once and cached). Training keeps autocast's fp32 LayerNorm: its parameter
+    way; the affine parameters are cast once and cached; autocast, whose CUDA policy would cast all three back to
+    fp32, is kept out of the call). Training keeps autocast's fp32 LayerNorm: its parameter
     gradients sum over every token and need fp32 range. Parameters and state dict are ``nn.LayerNorm``'s.
     """
 
@@ -104,7 +114,9 @@ class LayerNorm(nn.LayerNorm):
         if (x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
                 and torch.is_autocast_enabled(x.device.type) and self.weight is not None):
             weight, bias = self._half_params(x.dtype)
-            return torch.native_layer_norm(x, self.normalized_shape, weight, bias, self.eps)[0]
+            # Autocast has its own (fp32) kernel for native_layer_norm on CUDA: step past it.
+            with _no_autocast():
+                return torch.native_layer_norm(x, self.normalized_shape, weight, bias, self.eps)[0]
         return super().forward(x)
 
     def _half_params(self, dtype: torch.dtype):

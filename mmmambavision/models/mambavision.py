@@ -60,7 +60,9 @@ class MambaVisionLevel(nn.Module):
             return self._run_blocks(x)
         if self.window_size is None:
             batch, channels, height, width = x.shape
-            x = self._run_blocks(x.flatten(2).transpose(1, 2))
+            # (B, L, C) contiguous: a transposed view would carry its strides through every block's ops
+            # (a channels_last map is already laid out so: nothing is copied then)
+            x = self._run_blocks(x.flatten(2).transpose(1, 2).contiguous())
             return x.transpose(1, 2).reshape(batch, channels, height, width)
         height, width = x.shape[-2:]
         x = pad_to_window(x, self.window_size)
