@@ -185,8 +185,15 @@ def test_hybrid_blocks_get_contiguous_sequences(window, channels_last):
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        model(x)
+        outs = model(x)
     assert seen == [True, True]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(out.is_contiguous(memory_format=fmt) for out in outs)
+    if channels_last:  # the same values either way
+        with torch.no_grad():
+            plain = model.to(memory_format=torch.contiguous_format)(x.contiguous())
+        for a, b in zip(outs, plain):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_every_parameter_receives_a_gradient():

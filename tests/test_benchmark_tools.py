@@ -109,6 +109,11 @@ def test_benchmark_det_model_specs():
             benchmark.parse_det_model(bad)
 
 
+def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
+    assert benchmark.parse_args([])[0].cudnn_benchmark is True
+    assert benchmark.parse_args(['--no-cudnn-benchmark'])[0].cudnn_benchmark is False
+
+
 def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     proc = run_tool('tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
                     '--warmup', '0', '--runs', '1', timeout=600)

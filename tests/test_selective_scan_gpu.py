@@ -200,3 +200,67 @@ def test_torch_backend_runs_on_cuda_tensors():
     truth = float64_truth(inputs, grad_out, delta_softplus=True)
     assert_close_to(run_backend('torch', inputs, grad_out, delta_softplus=True), truth,
                     TOLERANCE[torch.bfloat16], 'torch on cuda bf16')
+
+
+def mixer_views(shape, dtype, dstate=8, rank=10, seed=0):
+    """Parents and a function cutting the scan inputs from them as the mixer does: u = xz[:, :d] of a
+    (b, 2d, L) tensor, B and C slices of x_dbl (b, R + 2n, L) -- views the Triton kernels read in place."""
+    batch, dim, length = shape
+    gen = torch.Generator().manual_seed(seed)
+    parents = dict(xz=torch.randn(batch, 2 * dim, length, generator=gen).to(dtype),
+                   x_dbl=torch.randn(batch, rank + 2 * dstate, length, generator=gen).to(dtype),
+                   delta=(torch.randn(batch, dim, length, generator=gen) * 0.5).to(dtype),
+                   A=-torch.exp(torch.rand(dim, dstate, generator=gen) * 2.7),
+                   D=torch.randn(dim, generator=gen), delta_bias=torch.rand(dim, generator=gen) * 4 - 6)
+    parents = {k: v.cuda() for k, v in parents.items()}
+
+    def cut(p):
+        return dict(u=p['xz'][:, :dim], delta=p['delta'], A=p['A'], B=p['x_dbl'][:, rank:rank + dstate],
+                    C=p['x_dbl'][:, rank + dstate:], D=p['D'], delta_bias=p['delta_bias'])
+    return parents, cut
+
+
+@needs_triton
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d).split('.')[-1])
+@pytest.mark.parametrize('config', ['default', 'scan-partial', 'seq-rows-atomic', 'seq-segments-atomic'])
+@pytest.mark.parametrize('shape', [(16, 160, 196), (2, 80, 3136)], ids=lambda s: 'x'.join(map(str, s)))
+def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, config, dtype):
+    from mmmambavision.ops import scan_triton
+    parents, cut = mixer_views(shape, dtype)
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda().to(dtype)
+    leaves64 = {k: v.double().requires_grad_(True) for k, v in parents.items()}
+    y_ref, last_ref = selective_scan_reference(**cut(leaves64), return_last_state=True, delta_softplus=True)
+    grads_ref = torch.autograd.grad(y_ref, list(leaves64.values()), grad_out.double())
+    scan_triton._TUNING.clear()
+    scan_triton._TUNING.update(TRITON_CONFIGS.get(config, {}))
+    try:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in parents.items()}
+        y, last = selective_scan(**cut(leaves), return_last_state=True, backend='triton', delta_softplus=True)
+        grads = torch.autograd.grad(y, list(leaves.values()), grad_out)
+    finally:
+        scan_triton._TUNING.clear()
+    for name, grad in zip(leaves, grads):
+        assert grad.dtype == leaves[name].dtype and grad.shape == leaves[name].shape, name
+    assert_close_to((y.detach(), last, dict(zip(leaves, grads))),
+                    (y_ref.detach(), last_ref, dict(zip(leaves, grads_ref))), TOLERANCE[dtype],
+                    f'triton views {config} {shape} {dtype}')
+
+
+@needs_triton
+@pytest.mark.parametrize('config', ['default', 'seq-segments-atomic'])
+def test_triton_inference_path_matches_the_gradient_path(config):
+    """Without gradients the forward runs outside the autograd Function and stores no checkpoints: same y, h_L."""
+    from mmmambavision.ops import scan_triton
+    parents, cut = mixer_views((32, 160, 196), torch.float16)
+    scan_triton._TUNING.clear()
+    scan_triton._TUNING.update(TRITON_CONFIGS.get(config, {}))
+    try:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in parents.items()}
+        y_grad, last_grad = selective_scan(**cut(leaves), return_last_state=True, backend='triton',
+                                           delta_softplus=True)
+        with torch.inference_mode():
+            y, last = selective_scan(**cut(parents), return_last_state=True, backend='triton', delta_softplus=True)
+    finally:
+        scan_triton._TUNING.clear()
+    assert y_grad.requires_grad and not y.requires_grad
+    assert torch.equal(y, y_grad.detach()) and torch.equal(last, last_grad)

@@ -327,6 +327,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                         help='also measure each model replayed from a CUDA graph (every model alike; CUDA only)')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile(model, dynamic=False) every model first (the warm-up absorbs compiling)')
+    parser.add_argument('--no-cudnn-benchmark', dest='cudnn_benchmark', action='store_false',
+                        help='classification: leave torch.backends.cudnn.benchmark off (by default it is on for '
+                             'every model, as in timm\'s benchmark: cuDNN picks and caches the fastest convolution '
+                             'per shape instead of running its heuristics at every call)')
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold BatchNorm into convolutions first (changes MambaVision only: the others have '
                              'no BatchNorm)')
@@ -378,8 +382,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cuda = device.type == 'cuda'
     batch = args.batch_size or (128 if cuda else 2)
     runs, warmup = args.runs or (30 if cuda else 3), args.warmup or (10 if cuda else 1)
+    if cuda:
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     print(f'device: {torch.cuda.get_device_name() if cuda else "cpu"}, torch {torch.__version__}, '
-          f'scan backend: {selected_backend(device)}, batch {batch}, {args.img_size}px')
+          f'scan backend: {selected_backend(device)}, batch {batch}, {args.img_size}px'
+          + (f', cudnn.benchmark {args.cudnn_benchmark}' if cuda else ''))
     rows = []
     settings = [(cl, graph) for cl in ([False, True] if args.channels_last else [False])
                 for graph in ([False, True] if args.cuda_graph else [False])]

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mixer import MambaVisionMixer
+from .utils import inference_cached
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -108,22 +109,16 @@ class LayerNorm(nn.LayerNorm):
     gradients sum over every token and need fp32 range. Parameters and state dict are ``nn.LayerNorm``'s.
     """
 
-    _half_cache = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
                 and torch.is_autocast_enabled(x.device.type) and self.weight is not None):
-            weight, bias = self._half_params(x.dtype)
+            weight, bias = inference_cached(
+                self, 'half', (self.weight, self.bias),
+                lambda: (self.weight.detach().to(x.dtype), self.bias.detach().to(x.dtype)), x.dtype)
             # Autocast has its own (fp32) kernel for native_layer_norm on CUDA: step past it.
             with _no_autocast():
                 return torch.native_layer_norm(x, self.normalized_shape, weight, bias, self.eps)[0]
         return super().forward(x)
-
-    def _half_params(self, dtype: torch.dtype):
-        key = (dtype, self.weight.device, self.weight.data_ptr(), self.weight._version, self.bias._version)
-        if self._half_cache is None or self._half_cache[0] != key:
-            self._half_cache = (key, self.weight.detach().to(dtype), self.bias.detach().to(dtype))
-        return self._half_cache[1], self._half_cache[2]
 
 
 class Mlp(nn.Module):
@@ -196,10 +191,14 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window_size * window_size, channels)
 
 
-def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: -> (B, C, height, width)."""
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: -> (B, C, height, width), laid out channels_last if asked (then
+    nothing is copied when a row of windows spans the map)."""
     channels = windows.shape[-1]
     x = windows.view(-1, height // window_size, width // window_size, window_size, window_size, channels)
+    if channels_last:
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels).permute(0, 3, 1, 2)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
 
 

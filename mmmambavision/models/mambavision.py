@@ -60,19 +60,24 @@ class MambaVisionLevel(nn.Module):
             return self._run_blocks(x)
         if self.window_size is None:
             batch, channels, height, width = x.shape
+            channels_last = x.is_contiguous(memory_format=torch.channels_last)
             # (B, L, C) contiguous: a transposed view would carry its strides through every block's ops
             # (a channels_last map is already laid out so: nothing is copied then)
             x = self._run_blocks(x.flatten(2).transpose(1, 2).contiguous())
-            return x.transpose(1, 2).reshape(batch, channels, height, width)
+            x = x.transpose(1, 2).reshape(batch, channels, height, width)
+            # back in the input's memory format: a channels_last-strided map handed to an NCHW detector makes its
+            # neck mix layouts (strided elementwise ops, slower convolution algorithms)
+            return x if channels_last else x.contiguous()
         height, width = x.shape[-2:]
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x = pad_to_window(x, self.window_size)
         padded_h, padded_w = x.shape[-2:]
         x = window_partition(x, self.window_size)
         x = self._run_blocks(x)
-        x = window_reverse(x, self.window_size, padded_h, padded_w)
+        x = window_reverse(x, self.window_size, padded_h, padded_w, channels_last=channels_last)
         if padded_h != height or padded_w != width:
-            x = x[:, :, :height, :width].contiguous()
-        return x
+            x = x[:, :, :height, :width]
+        return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class LayerNorm2d(LayerNorm):

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan
+from .utils import compute_dtype, inference_cached
 
 
 class MambaVisionMixer(nn.Module):
@@ -48,20 +49,43 @@ class MambaVisionMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
+    def _weights(self, dtype: torch.dtype):
+        """in_proj, x_proj, dt_proj weights, out_proj's halves (transposed) and both depthwise conv kernels (one
+        grouped conv over the concatenated halves), in ``dtype``."""
+        def make():
+            w_out = self.out_proj.weight.to(dtype)
+            return (self.in_proj.weight.to(dtype), self.x_proj.weight.to(dtype), self.dt_proj.weight.to(dtype),
+                    w_out[:, :self.dim // 2].t(), w_out[:, self.dim // 2:].t(),
+                    torch.cat([self.conv1d_x.weight, self.conv1d_z.weight], dim=0).to(dtype))
+        sources = (self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.out_proj.weight,
+                   self.conv1d_x.weight, self.conv1d_z.weight)
+        return inference_cached(self, 'weights', sources, make, dtype)
+
+    def _scan_params(self):
+        """A = -exp(A_log), D and the delta bias, fp32. dt_proj's bias is counted twice: ``dt_proj`` keeps its
+        bias and the scan adds it again as ``delta_bias`` - the published weights were trained so; here both go
+        to the scan at once (``2·bias``), so the projection is a plain matmul."""
+        def make():
+            return -torch.exp(self.A_log.float()), self.D.float(), 2 * self.dt_proj.bias.float()
+        return inference_cached(self, 'scan', (self.A_log, self.D, self.dt_proj.bias), make)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # Channel-major (B, C, L) from the input projection on: the layout of the convolutions and the scan. Every
+        # projection is a batched matmul that reads its operand transposed where needed (strided, no copy), and the
+        # scan reads x, B and C as views, so the mixer copies nothing; out_proj sums its two halves' products
+        # instead of concatenating y and z.
+        batch = hidden_states.shape[0]
         half = self.dim // 2
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, dim, L)
-        # Both depthwise convs as one grouped conv over the concatenated halves (same weights, one kernel launch).
-        conv_weight = torch.cat([self.conv1d_x.weight, self.conv1d_z.weight], dim=0)
-        xz = F.silu(F.conv1d(xz, conv_weight, padding='same', groups=self.dim))
-        x, z = xz.split(half, dim=1)
-        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, dt_rank + 2 * d_state)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # dt_proj keeps its bias and the scan adds it again as delta_bias: the published weights were trained so.
-        delta = self.dt_proj(dt).transpose(1, 2)
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            x, delta.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
-            D=self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        y = torch.cat([y, z], dim=1).transpose(1, 2)
-        return self.out_proj(y)
+        w_in, w_x, w_dt, w_out_y, w_out_z, w_conv = self._weights(compute_dtype(hidden_states, self.in_proj.weight))
+        xz = torch.bmm(w_in.expand(batch, -1, -1), hidden_states.transpose(1, 2))  # (B, dim, L)
+        xz = F.silu(F.conv1d(xz, w_conv, padding='same', groups=self.dim))
+        x, z = xz[:, :half], xz[:, half:]
+        x_dbl = torch.bmm(w_x.expand(batch, -1, -1), x)  # (B, dt_rank + 2 * d_state, L)
+        dt = x_dbl[:, :self.dt_rank]
+        B = x_dbl[:, self.dt_rank:self.dt_rank + self.d_state]
+        C = x_dbl[:, self.dt_rank + self.d_state:]
+        delta = torch.bmm(w_dt.expand(batch, -1, -1), dt)  # (B, dim / 2, L), bias in delta_bias
+        A, D, delta_bias = self._scan_params()
+        y = selective_scan(x, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+        out = torch.bmm(y.transpose(1, 2), w_out_y.expand(batch, -1, -1))  # (B, L, dim)
+        return torch.baddbmm(out, z.transpose(1, 2), w_out_z.expand(batch, -1, -1))

@@ -24,39 +24,45 @@ def _contiguous_last(x: Optional[Tensor]) -> Optional[Tensor]:
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """The arguments as the extension wants them (see the module docstring); returns them and whether B / C
+    were (b, n, L) and got a group axis."""
+    u, delta, z = _contiguous_last(u), _contiguous_last(delta), _contiguous_last(z)
+    squeeze_B, squeeze_C = B.dim() == 3, C.dim() == 3
+    if squeeze_B:
+        B = B.unsqueeze(1)
+    if squeeze_C:
+        C = C.unsqueeze(1)
+    B, C = _contiguous_last(B), _contiguous_last(C)
+    if B.dim() == 4 and B.dtype != u.dtype:
+        B = B.to(u.dtype)
+    if C.dim() == 4 and C.dtype != u.dtype:
+        C = C.to(u.dtype)
+    # time-invariant (d, n) B/C are weights: fp32 like A
+    B = B.float() if B.dim() == 2 else B
+    C = C.float() if C.dim() == 2 else C
+    if delta.dtype != u.dtype:
+        delta = delta.to(u.dtype)
+    if z is not None and z.dtype != u.dtype:
+        z = z.to(u.dtype)
+    A = _contiguous_last(A.float())
+    D = _contiguous_last(D.float()) if D is not None else None
+    delta_bias = _contiguous_last(delta_bias.float()) if delta_bias is not None else None
+    return (u, delta, A, B, C, D, z, delta_bias), (squeeze_B, squeeze_C)
+
+
 class CudaSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool) -> Tuple[Tensor, Tensor]:
         import selective_scan_cuda
-        u, delta, z = _contiguous_last(u), _contiguous_last(delta), _contiguous_last(z)
-        squeeze_B, squeeze_C = B.dim() == 3, C.dim() == 3
-        if B.dim() == 3:
-            B = B.unsqueeze(1)
-        if C.dim() == 3:
-            C = C.unsqueeze(1)
-        B, C = _contiguous_last(B), _contiguous_last(C)
-        if B.dim() == 4 and B.dtype != u.dtype:
-            B = B.to(u.dtype)
-        if C.dim() == 4 and C.dtype != u.dtype:
-            C = C.to(u.dtype)
-        # time-invariant (d, n) B/C are weights: fp32 like A
-        B = B.float() if B.dim() == 2 else B
-        C = C.float() if C.dim() == 2 else C
-        if delta.dtype != u.dtype:
-            delta = delta.to(u.dtype)
-        if z is not None and z.dtype != u.dtype:
-            z = z.to(u.dtype)
-        A = _contiguous_last(A.float())
-        D = _contiguous_last(D.float()) if D is not None else None
-        delta_bias = _contiguous_last(delta_bias.float()) if delta_bias is not None else None
+        (u, delta, A, B, C, D, z, delta_bias), ctx.squeeze = _prepare(u, delta, A, B, C, D, z, delta_bias)
         results = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         out, x = results[0], results[1]
         y = results[2] if z is not None else out
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out if z is not None else None)
         ctx.delta_softplus = delta_softplus
-        ctx.squeeze = (squeeze_B, squeeze_C)
         last_state = x[:, :, -1, 1::2]
         ctx.mark_non_differentiable(last_state)
         return y, last_state
@@ -82,4 +88,12 @@ def selective_scan_cuda_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                            z: Optional[Tensor], delta_bias: Optional[Tensor],
                            delta_softplus: bool) -> Tuple[Tensor, Tensor]:
     """Returns y (u's dtype) and h_L (fp32) from the compiled kernel."""
-    return CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (u, delta, A, B, C, D, z, delta_bias)):
+        return CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    # inference: the kernel without the autograd Function's bookkeeping (host time is what limits eager
+    # inference of small models)
+    import selective_scan_cuda
+    args, _ = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    results = selective_scan_cuda.fwd(*args, delta_softplus)
+    return (results[2] if z is not None else results[0]), results[1][:, :, -1, 1::2]

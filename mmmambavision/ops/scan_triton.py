@@ -22,6 +22,12 @@ In both, dB and dC (shared by the channels of a group) are summed over the progr
 then, by the ``bc`` option: added atomically into one fp32 buffer ('atomic'), written to a buffer per channel
 block that torch sums afterwards ('partial'), or stored directly in the input dtype when one program holds a
 whole group ('store').
+
+Inputs are read in place where the layout allows: u, delta (and dy) with any batch stride, B and C with any batch
+and group strides, as long as every (channel, L) row and every (n, L) block is contiguous. The mixer passes views
+into its projections (u = ``xz[:, :d]``, B = ``x_dbl[:, R:R + n].unsqueeze(1)``), which would otherwise cost a copy
+each per call. Without gradients the forward stores no checkpoints (``STORE_CKPT``) and skips the autograd
+Function: eager inference is bound by host time per call.
 """
 from typing import Optional, Tuple
 
@@ -68,11 +74,12 @@ def _chunk_inputs(u_row, delta_row, B_row, offs_t, mask_t, offs_n, mask_n, lengt
 @triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr, last_ptr,
                      dim, length, channels_per_group, n_chunks, dstate,
+                     stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     STORE_CKPT: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     pid_b = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
-    groups = dim // channels_per_group
     group = d0 // channels_per_group
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -85,18 +92,20 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
     D = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d).to(tl.float32)
-    seq = (pid_b * dim + offs_d).to(tl.int64) * length  # (BLOCK_D,) row offsets into (b, d, L)
-    u_row = u_ptr + seq[:, None]
-    delta_row = delta_ptr + seq[:, None]
+    batch = pid_b.to(tl.int64)
+    rows = offs_d.to(tl.int64) * length  # (BLOCK_D,) row offsets inside one batch entry of u, delta
+    seq = (pid_b * dim + offs_d).to(tl.int64) * length  # (BLOCK_D,) row offsets into the outputs (b, d, L)
+    u_row = u_ptr + (batch * stride_u + rows)[:, None]
+    delta_row = delta_ptr + (batch * stride_delta + rows)[:, None]
     y_row = y_ptr + seq[:, None]
-    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
-    B_row = B_ptr + bc_off
-    C_row = C_ptr + bc_off
+    B_row = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg
+    C_row = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg
     ckpt_row = ckpt_ptr + (pid_b * dim + offs_d).to(tl.int64)[:, None] * n_chunks * dstate + offs_n[None, :]
     arange_t = tl.arange(0, BLOCK_T)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for chunk in range(0, n_chunks):
-        tl.store(ckpt_row + chunk * dstate, h, mask=mask_dn)
+        if STORE_CKPT:
+            tl.store(ckpt_row + chunk * dstate, h, mask=mask_dn)
         offs_t = chunk * BLOCK_T + arange_t
         mask_t = offs_t < length
         u, delta_raw, dt, B, a, x = _chunk_inputs(u_row, delta_row, B_row, offs_t, mask_t, offs_n, mask_n,
@@ -118,6 +127,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
                      du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                      dim, length, channels_per_group, n_chunks, dstate,
+                     stride_u, stride_delta, stride_dy, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      BC_MODE: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -138,15 +148,17 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     D = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d).to(tl.float32)
-    seq = (pid_b * dim + offs_d).to(tl.int64) * length
-    u_row = u_ptr + seq[:, None]
-    delta_row = delta_ptr + seq[:, None]
-    dy_row = dy_ptr + seq[:, None]
+    batch = pid_b.to(tl.int64)
+    rows = offs_d.to(tl.int64) * length  # row offsets inside one batch entry of u, delta, dy
+    seq = (pid_b * dim + offs_d).to(tl.int64) * length  # row offsets into the contiguous du, ddelta
+    u_row = u_ptr + (batch * stride_u + rows)[:, None]
+    delta_row = delta_ptr + (batch * stride_delta + rows)[:, None]
+    dy_row = dy_ptr + (batch * stride_dy + rows)[:, None]
     du_row = du_ptr + seq[:, None]
     ddelta_row = ddelta_ptr + seq[:, None]
-    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
-    B_row = B_ptr + bc_off
-    C_row = C_ptr + bc_off
+    B_row = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg
+    C_row = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg
+    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length  # into the contiguous dB, dC
     if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
         part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
         dB_row = dB_ptr + part_off
@@ -263,11 +275,12 @@ def _seq_segment_starts(u_base, delta_base, B_base, t_seg, arange_s, length, mas
 @triton.jit
 def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr, last_ptr,
                     dim, length, channels_per_group, n_chunks, dstate,
+                    stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    STORE_CKPT: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SEGS: tl.constexpr, STEPS: tl.constexpr):
     pid_b = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
-    groups = dim // channels_per_group
     group = d0 // channels_per_group
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_d3 = offs_d[:, None, None]
@@ -281,18 +294,20 @@ def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_pt
     D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d3).to(tl.float32)
-    seq = (pid_b * dim + offs_d3).to(tl.int64)
-    u_base = u_ptr + seq * length
-    delta_base = delta_ptr + seq * length
+    batch = pid_b.to(tl.int64)
+    rows = offs_d3.to(tl.int64) * length  # row offsets inside one batch entry of u, delta
+    seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous outputs
+    u_base = u_ptr + batch * stride_u + rows
+    delta_base = delta_ptr + batch * stride_delta + rows
     y_base = y_ptr + seq * length
-    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
-    B_base = B_ptr + bc_off + offs_n3 * length
-    C_base = C_ptr + bc_off + offs_n3 * length
+    B_base = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg + offs_n3 * length
+    C_base = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg + offs_n3 * length
     ckpt_base = ckpt_ptr + seq * n_chunks * dstate + offs_n3
     arange_s = tl.arange(0, SEGS)[None, :, None]
     h_carry = tl.zeros([BLOCK_D, 1, BLOCK_N], dtype=tl.float32)
     for chunk in range(0, n_chunks):
-        tl.store(ckpt_base + chunk * dstate, h_carry, mask=mask_dn)
+        if STORE_CKPT:
+            tl.store(ckpt_base + chunk * dstate, h_carry, mask=mask_dn)
         t_seg = chunk * (SEGS * STEPS) + arange_s * STEPS
         if SEGS > 1:
             h = _seq_segment_starts(u_base, delta_base, B_base, t_seg, arange_s, length, mask_n, A2, bias,
@@ -320,6 +335,7 @@ def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_pt
 def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
                     du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     dim, length, channels_per_group, n_chunks, dstate,
+                    stride_u, stride_delta, stride_dy, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     BC_MODE: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SEGS: tl.constexpr, STEPS: tl.constexpr):
@@ -341,15 +357,17 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
     D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d3).to(tl.float32)
-    seq = (pid_b * dim + offs_d3).to(tl.int64)
-    u_base = u_ptr + seq * length
-    delta_base = delta_ptr + seq * length
-    dy_base = dy_ptr + seq * length
+    batch = pid_b.to(tl.int64)
+    rows = offs_d3.to(tl.int64) * length  # row offsets inside one batch entry of u, delta, dy
+    seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous du, ddelta, checkpoints
+    u_base = u_ptr + batch * stride_u + rows
+    delta_base = delta_ptr + batch * stride_delta + rows
+    dy_base = dy_ptr + batch * stride_dy + rows
     du_base = du_ptr + seq * length
     ddelta_base = ddelta_ptr + seq * length
-    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
-    B_base = B_ptr + bc_off + offs_n3 * length
-    C_base = C_ptr + bc_off + offs_n3 * length
+    B_base = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg + offs_n3 * length
+    C_base = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg + offs_n3 * length
+    bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length  # into the contiguous dB, dC
     if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
         part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
         dB_base = dB_ptr + part_off + offs_n3 * length
@@ -538,37 +556,102 @@ def _kernel_args(config: dict) -> dict:
     return args
 
 
+# (batch, dim, channels per group, length, d_state, _TUNING items) -> (config, kernel args, grid, n_chunks)
+_LAUNCH_CACHE: dict = {}
+_LAUNCH_CACHE_SIZE = 256
+
+
+def _cached_launch(batch: int, dim: int, channels_per_group: int, length: int,
+                   dstate: int) -> Tuple[dict, dict, Tuple[int, int], int]:
+    """``_launch_config`` and what follows from it, computed once per shape and ``_TUNING`` content.
+
+    Building the config is tens of microseconds of Python, as much as the launch itself, and a model calls the
+    scan with a handful of shapes. The key holds the ``_TUNING`` items, so a changed ``_TUNING`` takes effect at
+    the next call (tests and ``tools/benchmark_scan.py --tune`` change it between calls).
+    """
+    key = (batch, dim, channels_per_group, length, dstate, frozenset(_TUNING.items()) if _TUNING else ())
+    entry = _LAUNCH_CACHE.get(key)
+    if entry is None:
+        config = _launch_config(batch, dim, channels_per_group, length, dstate)
+        entry = (config, _kernel_args(config), (batch, dim // config['BLOCK_D']),
+                 triton.cdiv(length, config['chunk']))
+        if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_SIZE:  # only inputs of ever new sizes get here: start over
+            _LAUNCH_CACHE.clear()
+        _LAUNCH_CACHE[key] = entry
+    return entry
+
+
+def _rows(t: Tensor) -> Tensor:
+    """A (b, d, L) operand as the kernels address it: (i, c, s) at i·stride(0) + c·L + s, any batch stride.
+
+    So ``xz[:, :d]`` of a contiguous (b, 2d, L) tensor is read in place; other layouts are copied. Strides of
+    dimensions of size 1 are never used, hence not checked."""
+    _, dim, length = t.shape
+    stride = t.stride()
+    if (stride[2] == 1 or length == 1) and (stride[1] == length or dim == 1):
+        return t
+    return t.contiguous()
+
+
+def _blocks(t: Tensor) -> Tensor:
+    """B or C (b, g, n, L) as the kernels address them: any batch and group strides, a contiguous (n, L) block.
+
+    So ``x_dbl[:, R:R + n].unsqueeze(1)`` of a contiguous (b, R + 2n, L) tensor is read in place. A time-invariant
+    B expanded over (b, d, ·, L) has stride 0 over L and is copied, except at L = 1 where it is read in place."""
+    dstate, length = t.shape[2], t.shape[3]
+    stride = t.stride()
+    if (stride[3] == 1 or length == 1) and (stride[2] == length or dstate == 1):
+        return t
+    return t.contiguous()
+
+
+def _fp32(t: Tensor) -> Tensor:
+    # .float() and .contiguous() each cost a dispatcher round trip even where they return t itself
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def _forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             delta_bias: Optional[Tensor], delta_softplus: bool, out_dtype: torch.dtype, store_ckpt: bool):
+    """Launches the forward kernel. Returns the inputs as the kernels read them (what the backward needs), y, h_L,
+    the per-chunk checkpoints (None without ``store_ckpt``: only the backward reads them) and the launch entry."""
+    batch, dim, length = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    if dim % groups:
+        raise ValueError(f'the number of channels ({dim}) must be divisible by the B/C groups ({groups})')
+    u, delta, B, C = _rows(u), _rows(delta), _blocks(B), _blocks(C)
+    A = _fp32(A)
+    D = _fp32(D) if D is not None else None
+    delta_bias = _fp32(delta_bias) if delta_bias is not None else None
+    cpg = dim // groups
+    launch = _cached_launch(batch, dim, cpg, length, dstate)
+    config, kernel_args, grid, n_chunks = launch
+    y = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
+    last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
+    ckpt = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device) if store_ckpt else None
+    kernel = _seq_fwd_kernel if config['kernel'] == 'seq' else _scan_fwd_kernel
+    kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
+                 y, ckpt if store_ckpt else last, last, dim, length, cpg, n_chunks, dstate,
+                 u.stride(0), delta.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                 STORE_CKPT=store_ckpt, **kernel_args)
+    return (u, delta, A, B, C, D, delta_bias), y, last, ckpt, launch
+
+
 class TritonSelectiveScan(torch.autograd.Function):
-    """Autograd Function of the Triton backend. B and C come grouped, (b, g, n, L)."""
+    """Autograd Function of the Triton backend. B and C come grouped, (b, g, n, L).
+
+    u and delta may have any batch stride and B, C any batch and group strides (views into wider projections are
+    read in place, see ``_rows`` and ``_blocks``); du, ddelta, dB and dC come back contiguous."""
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 delta_bias: Optional[Tensor], delta_softplus: bool,
                 out_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        batch, dim, length = u.shape
-        groups, dstate = B.shape[1], A.shape[1]
-        if dim % groups:
-            raise ValueError(f'the number of channels ({dim}) must be divisible by the B/C groups ({groups})')
-        u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
-        A = A.float().contiguous()
-        D = D.float().contiguous() if D is not None else None
-        delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
-        cpg = dim // groups
-        config = _launch_config(batch, dim, cpg, length, dstate)
-        n_chunks = triton.cdiv(length, config['chunk'])
-        y = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
-        ckpt = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
-        last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
-        grid = (batch, dim // config['BLOCK_D'])
-        kernel = _seq_fwd_kernel if config['kernel'] == 'seq' else _scan_fwd_kernel
-        kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
-                     y, ckpt, last, dim, length, cpg, n_chunks, dstate,
-                     HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                     **_kernel_args(config))
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt)
+        inputs, y, last, ckpt, launch = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
+                                                 store_ckpt=True)
+        ctx.save_for_backward(*inputs, ckpt)
         ctx.delta_softplus = delta_softplus
-        ctx.config = config
-        ctx.n_chunks = n_chunks
+        ctx.launch = launch
         ctx.mark_non_differentiable(last)
         return y, last
 
@@ -578,13 +661,15 @@ class TritonSelectiveScan(torch.autograd.Function):
         batch, dim, length = u.shape
         groups, dstate = B.shape[1], A.shape[1]
         cpg = dim // groups
-        config, n_chunks = ctx.config, ctx.n_chunks
-        grad_y = grad_y.contiguous()
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
+        config, kernel_args, grid, n_chunks = ctx.launch
+        grad_y = _rows(grad_y)
+        # torch.empty, not empty_like: u and delta may be views with gaps, the kernels write contiguous rows
+        du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+        ddelta = torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
         bc = config['bc']
         if bc == 'store':  # written once each, in the input dtype
-            dB, dC = torch.empty_like(B), torch.empty_like(C)
+            dB = torch.empty(B.shape, dtype=B.dtype, device=u.device)
+            dC = torch.empty(C.shape, dtype=C.dtype, device=u.device)
         elif bc == 'atomic':
             dB = torch.zeros(B.shape, dtype=torch.float32, device=u.device)
             dC = torch.zeros(C.shape, dtype=torch.float32, device=u.device)
@@ -596,12 +681,13 @@ class TritonSelectiveScan(torch.autograd.Function):
         dA = small[:dim * dstate].view(dim, dstate)
         dD = small[dim * dstate:dim * (dstate + 1)]
         dbias = small[dim * (dstate + 1):]
-        grid = (batch, dim // config['BLOCK_D'])
         kernel = _seq_bwd_kernel if config['kernel'] == 'seq' else _scan_bwd_kernel
         kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
                      grad_y, ckpt, du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
+                     u.stride(0), delta.stride(0), grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0),
+                     C.stride(1),
                      HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                     BC_MODE=BC_MODES[bc], **_kernel_args(config))
+                     BC_MODE=BC_MODES[bc], **kernel_args)
         if bc == 'partial':
             blocks = cpg // config['BLOCK_D']
             dB = dB.view(batch, groups, blocks, dstate, length).sum(2)
@@ -616,5 +702,14 @@ class TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                           delta_bias: Optional[Tensor], delta_softplus: bool,
                           out_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    """Triton backend on normalised inputs (B, C grouped (b, g, n, L)). Returns y and h_L (fp32)."""
-    return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    """Triton backend on normalised inputs (B, C grouped (b, g, n, L)). Returns y and h_L (fp32).
+
+    Where no gradient can flow (grad mode off, or no input requires grad) the forward kernel is launched directly:
+    no autograd Function (its apply costs more host time than the launch) and no per-chunk checkpoints, which only
+    the backward reads. Eager inference is bound by this host time, not by the GPU."""
+    if torch.is_grad_enabled() and (
+            u.requires_grad or delta.requires_grad or A.requires_grad or B.requires_grad or C.requires_grad
+            or (D is not None and D.requires_grad) or (delta_bias is not None and delta_bias.requires_grad)):
+        return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    _, y, last, _, _ = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, store_ckpt=False)
+    return y, last
