@@ -87,6 +87,9 @@ param_scheduler = [
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
+    # mmengine's default constructor with these settings, then one param group per distinct setting instead of
+    # one per parameter (AdamW's multi-tensor update then runs a few times per step, not ~700 times)
+    constructor='MergedGroupsOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(
         norm_decay_mult=0.,
