@@ -7,7 +7,7 @@
 #   source .device_kit/setup_device.sh > /tmp/kit.log 2>&1; export PYTHONPATH=$PWD:$PYTHONPATH; bash tools/gpu_suite.sh
 #
 # Steps (each bounded by a timeout, in seconds, overridable through the environment):
-#   1. GPU tests of the selective scan (tests/test_selective_scan_gpu.py)         T_TESTS=300
+#   1. GPU tests: mixer, inference paths, selective scan (tests/test_*_gpu.py)     T_TESTS=300
 #   2. classification throughput: T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and without
 #      BatchNorm folding; the Triton scan for T                                         T_CLS=240
 #   3. Cascade Mask R-CNN train step: Swin-T first (warm-up row), T at the published windows, (8,8,56,28) and
@@ -24,7 +24,8 @@ run() {  # name timeout command...
   echo "== $name: exit $? (log $OUT/$name.log)"
 }
 nvidia-smi -L 2>/dev/null; date -u
-run scan_gpu_tests "${T_TESTS:-300}" $PY -m pytest -q -p no:cacheprovider tests/test_selective_scan_gpu.py
+run scan_gpu_tests "${T_TESTS:-300}" $PY -m pytest -q -p no:cacheprovider tests/test_mixer_gpu.py \
+  tests/test_inference_paths.py tests/test_selective_scan_gpu.py
 run cls "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph
 run cls_fused "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
 MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph \
