@@ -114,6 +114,20 @@ def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
     assert benchmark.parse_args(['--no-cudnn-benchmark'])[0].cudnn_benchmark is False
 
 
+def test_benchmark_det_table_gives_no_ratio_to_rows_with_skipped_optimiser_steps():
+    rows = [('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 0), ('mambavision_t', 'T', 31.2, 200.0, 5.0, 10),
+            ('mambavision_t', 'T whole', 31.2, 150.0, 4.0, 0), ('mambavision_b', 'B', None, None, 'OOM', 0)]
+    lines = benchmark.det_table(rows, ['n1'])
+    assert lines[2] == '| Swin-T | 27.5 | 300 | 5.60 | 1.00x |'
+    assert lines[3] == '| T | 31.2 | 200 | 5.00 | n/c (10 steps skipped) |'
+    assert lines[4] == '| T whole | 31.2 | 150 | 4.00 | 2.00x |'
+    assert lines[5] == '| B | - | out of memory | - | - |'
+    assert lines[6] == 'note: n1'
+    # a Swin-T row that skipped steps is no reference
+    rows[0] = ('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 3)
+    assert benchmark.det_table(rows, [])[4].endswith('| - |')
+
+
 def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     proc = run_tool('tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
                     '--warmup', '0', '--runs', '1', timeout=600)

@@ -285,28 +285,36 @@ def run_det(args, parser) -> None:
             label, model, optim_wrapper = build_detector(name, window, device)
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
             ms, peak, skipped = measure_det(model, optim_wrapper, data, runs, warmup, device)
-            rows.append((name, label, params, ms, peak))
+            rows.append((name, label, params, ms, peak, skipped))
             if skipped:
                 notes.append(f'{label}: the loss scaler skipped {skipped} of {runs} timed optimiser steps '
                              '(inf/nan fp16 gradients; the rest of the step still ran)')
         except torch.cuda.OutOfMemoryError:
-            rows.append((name, label, None, None, 'OOM'))
+            rows.append((name, label, None, None, 'OOM', 0))
         model = optim_wrapper = None
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    swin = next((ms for name, _, _, ms, _ in rows if name == 'swin_t' and ms), None)
-    print('\n| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |\n'
-          '|---|---:|---:|---:|---:|')
-    for name, label, params, ms, peak in rows:
+    print('\n' + '\n'.join(det_table(rows, notes)))
+
+
+def det_table(rows, notes) -> List[str]:
+    """The --det table's lines. rows: (name, label, backbone params M, step ms or None for OOM, peak GiB, steps
+    the loss scaler skipped). A row whose optimiser steps were skipped gets no ratio (not the same work), and
+    Swin-T's time only counts when its own steps all ran."""
+    swin = next((ms for name, _, _, ms, _, skipped in rows if name == 'swin_t' and ms and not skipped), None)
+    lines = ['| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |',
+             '|---|---:|---:|---:|---:|']
+    for name, label, params, ms, peak, skipped in rows:
         if ms is None:
-            print(f'| {label} | - | out of memory | - | - |')
+            lines.append(f'| {label} | - | out of memory | - | - |')
             continue
         peak_text = f'{peak:.2f}' if isinstance(peak, float) else '-'
         ratio = f'{swin / ms:.2f}x' if swin else '-'
-        print(f'| {label} | {params:.1f} | {ms:.0f} | {peak_text} | {ratio} |')
-    for note in notes:
-        print(f'note: {note}')
+        if skipped:  # a step without its optimiser update is not the same work: no ratio
+            ratio = f'n/c ({skipped} steps skipped)'
+        lines.append(f'| {label} | {params:.1f} | {ms:.0f} | {peak_text} | {ratio} |')
+    return lines + [f'note: {note}' for note in notes]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, argparse.ArgumentParser]:
