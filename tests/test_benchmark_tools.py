@@ -143,7 +143,20 @@ def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     assert 'init_weights' not in out  # mmengine's per-parameter init report stays out of the table
 
 
+def test_benchmark_det_optim_times_both_constructors_on_cpu():
+    proc = run_tool('tools/benchmark.py', '--det', '--det-optim', '--det-models', 'mambavision_t@8,8,8,4',
+                    '--warmup', '0', '--runs', '1', timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    tensors, groups, ms, default_groups, default_ms = int(cells[1]), int(cells[2]), float(cells[3]), \
+        int(cells[4]), float(cells[5])
+    assert tensors > 300 and groups <= 4 and default_groups == tensors  # one group per parameter by default
+    assert ms > 0 and default_ms > 0
+
+
 @pytest.mark.parametrize('args, message', [
+    (['--det-optim'], 'argument --det-optim: only with --det'),
     (['--det', '--det-size', '0', '96'], 'argument --det-size'),
     (['--det', '--det-size', '64'], 'argument --det-size'),
     (['--det', '--det-size', '64', 'wide'], 'argument --det-size'),

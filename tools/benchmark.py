@@ -15,6 +15,7 @@ Swin-T in the same detector; median step time and peak memory, one table.
     python tools/benchmark.py --det --det-window 8 8 56 28            # plus each MambaVision at these windows
     python tools/benchmark.py --det --det-window 8 8 none none        # ... and over whole maps, no padding
     python tools/benchmark.py --det --det-models mambavision_t@8,8,8,4 --det-size 64 96 --warmup 0 --runs 1
+    python tools/benchmark.py --det --det-optim --det-models mambavision_t swin_t    # the AdamW step alone
 """
 import argparse
 import gc
@@ -152,8 +153,9 @@ def det_label(name: str, window: Optional[Sequence[int]], cfg) -> str:
     return f'{DET_MODELS[name][0]} (window {",".join(map(str, cfg.model.backbone.window_size))})'
 
 
-def build_detector(name: str, window: Optional[Sequence[int]], device: torch.device):
-    """(label, model, optim_wrapper) for one row: the config's detector and optimiser, no pretrained weights."""
+def build_detector(name: str, window: Optional[Sequence[int]], device: torch.device, with_cfg: bool = False):
+    """(label, model, optim_wrapper) for one row: the config's detector and optimiser, no pretrained weights
+    (``with_cfg``: the config too, last)."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
@@ -174,7 +176,43 @@ def build_detector(name: str, window: Optional[Sequence[int]], device: torch.dev
     model.init_weights()
     # One process: SyncBN would compute plain BN anyway; make it explicit.
     model = revert_sync_batchnorm(model).to(device).train()
-    return det_label(name, window, cfg), model, build_optim_wrapper(model, cfg.optim_wrapper)
+    result = (det_label(name, window, cfg), model, build_optim_wrapper(model, cfg.optim_wrapper))
+    return result + (cfg, ) if with_cfg else result
+
+
+def measure_optim_steps(model, optim_cfg, runs: int, warmup: int, device: torch.device):
+    """(median ms, param groups) of the AdamW step alone (``optimizer.step()``, no loss scaling) with the config's
+    constructor, then with mmengine's default one (the config without its ``constructor`` key)."""
+    import copy
+
+    from mmengine.optim import build_optim_wrapper
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.randn_like(param) * 1e-3
+    results = []
+    for cfg in (optim_cfg, {k: v for k, v in copy.deepcopy(optim_cfg).items() if k != 'constructor'}):
+        optimizer = build_optim_wrapper(model, cfg).optimizer
+        times = synced_times(optimizer.step, runs, warmup, device)
+        results.append((1000 * statistics.median(times), len(optimizer.param_groups)))
+        del optimizer
+    return results
+
+
+def run_det_optim(specs, runs: int, warmup: int, device: torch.device) -> None:
+    """--det-optim: the optimiser step of each row's detector, the configs' constructor vs mmengine's default."""
+    print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, torch {torch.__version__}\n'
+          f'AdamW step alone (random gradients, no loss scaling), median of {runs} after {warmup} warm-up\n')
+    print('| model | parameter tensors | config: groups | config: ms | default constructor: groups | '
+          'default: ms | speed-up |\n|---|---:|---:|---:|---:|---:|---:|')
+    for name, window in specs:
+        label, model, _, cfg = build_detector(name, window, device, with_cfg=True)
+        tensors = sum(1 for p in model.parameters() if p.requires_grad)
+        (ms, groups), (default_ms, default_groups) = measure_optim_steps(model, cfg.optim_wrapper, runs, warmup,
+                                                                         device)
+        print(f'| {label} | {tensors} | {groups} | {ms:.1f} | {default_groups} | {default_ms:.1f} | '
+              f'{default_ms / ms:.1f}x |')
+        model = None
+        gc.collect()
 
 
 def make_det_batch(batch: int, height: int, width: int, seed: int = 0, num_classes: int = 80) -> dict:
@@ -266,6 +304,9 @@ def run_det(args, parser) -> None:
     runs = args.runs if args.runs is not None else defaults['runs']
     warmup = args.warmup if args.warmup is not None else defaults['warmup']
     register_all_modules()
+    if args.det_optim:
+        run_det_optim(specs, runs, warmup, device)
+        return
     precision = ('AMP: fp16 autocast + dynamic GradScaler (mmengine AmpOptimWrapper, as the configs)' if cuda else
                  'fp32 (no CUDA: the configs\' AMP is CUDA-only; CPU numbers only check the setup)')
     print(f'device: {torch.cuda.get_device_name() if cuda else "cpu"}, torch {torch.__version__}, '
@@ -348,6 +389,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                      help=f'rows, from {", ".join(DET_MODELS)}; a MambaVision name may carry its own windows '
                      '(default: T, S, B at the configs\' windows and Swin-T on CUDA; '
                      f'{" ".join(DET_DEFAULTS["cpu"]["models"])} on CPU)')
+    det.add_argument('--det-optim', action='store_true',
+                     help='time the optimiser step alone instead (AdamW of each row\'s detector, the configs\' '
+                     'MergedGroupsOptimWrapperConstructor against mmengine\'s default one-group-per-parameter)')
     det.add_argument('--det-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                      help=f'image size (default: 800 1344 on CUDA, 256 384 on CPU; each at least {DET_MIN_SIZE})')
     det.add_argument('--det-window', nargs=4, action='append', metavar='W',
@@ -372,8 +416,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     else:
         if args.cuda_graph and not torch.cuda.is_available():
             parser.error('argument --cuda-graph: needs a CUDA device')
-        for name in ('det_models', 'det_size', 'det_window'):
-            if getattr(args, name) is not None:
+        for name in ('det_models', 'det_size', 'det_window', 'det_optim'):
+            if getattr(args, name) not in (None, False):
                 parser.error(f'argument --{name.replace("_", "-")}: only with --det')
     return args, parser
 
