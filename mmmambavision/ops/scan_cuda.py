@@ -86,13 +86,13 @@ class CudaSelectiveScan(torch.autograd.Function):
 
 def selective_scan_cuda_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                            z: Optional[Tensor], delta_bias: Optional[Tensor],
-                           delta_softplus: bool) -> Tuple[Tensor, Tensor]:
-    """Returns y (u's dtype) and h_L (fp32) from the compiled kernel."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (u, delta, A, B, C, D, z, delta_bias)):
+                           delta_softplus: bool, differentiable: bool = True) -> Tuple[Tensor, Tensor]:
+    """Returns y (u's dtype) and h_L (fp32) from the compiled kernel.
+
+    ``differentiable=False`` (no gradient can flow; the dispatcher decides): the forward kernel alone, without the
+    autograd Function's bookkeeping."""
+    if differentiable:
         return CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    # inference: the kernel without the autograd Function's bookkeeping (host time is what limits eager
-    # inference of small models)
     import selective_scan_cuda
     args, _ = _prepare(u, delta, A, B, C, D, z, delta_bias)
     results = selective_scan_cuda.fwd(*args, delta_softplus)

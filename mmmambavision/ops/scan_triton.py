@@ -701,15 +701,13 @@ class TritonSelectiveScan(torch.autograd.Function):
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                           delta_bias: Optional[Tensor], delta_softplus: bool,
-                          out_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+                          out_dtype: torch.dtype, differentiable: bool = True) -> Tuple[Tensor, Tensor]:
     """Triton backend on normalised inputs (B, C grouped (b, g, n, L)). Returns y and h_L (fp32).
 
-    Where no gradient can flow (grad mode off, or no input requires grad) the forward kernel is launched directly:
-    no autograd Function (its apply costs more host time than the launch) and no per-chunk checkpoints, which only
-    the backward reads. Eager inference is bound by this host time, not by the GPU."""
-    if torch.is_grad_enabled() and (
-            u.requires_grad or delta.requires_grad or A.requires_grad or B.requires_grad or C.requires_grad
-            or (D is not None and D.requires_grad) or (delta_bias is not None and delta_bias.requires_grad)):
+    ``differentiable=False`` (no gradient can flow; the dispatcher decides): the forward kernel is launched
+    directly, without the autograd Function (its apply costs more host time than the launch) and without the
+    per-chunk checkpoints, which only the backward reads. Eager inference is bound by this host time."""
+    if differentiable:
         return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     _, y, last, _, _ = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, store_ckpt=False)
     return y, last

@@ -221,9 +221,14 @@ def _untraced():
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = selected_backend(u.device, backend)
+    # Without a gradient to compute, the compiled backends launch their forward directly (no autograd Function,
+    # no saved state): eager inference is bound by host time per call.
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     if name == 'cuda':
         from .scan_cuda import selective_scan_cuda_fn
-        y, last_state = selective_scan_cuda_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y, last_state = selective_scan_cuda_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                               differentiable=differentiable)
         return (y, last_state) if return_last_state else y
     batch, dim, length = u.shape
     B = expand_bc(B, batch, dim, length)
@@ -231,7 +236,8 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
     out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
     if name == 'triton':
         from .scan_triton import selective_scan_triton
-        y, last_state = selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+        y, last_state = selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
+                                              differentiable=differentiable)
     else:
         y, last_state = selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     if z is not None:
