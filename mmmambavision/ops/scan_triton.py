@@ -72,6 +72,18 @@ def _chunk_inputs(u_row, delta_row, B_row, offs_t, mask_t, offs_n, mask_n, lengt
 
 
 @triton.jit
+def _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group,
+                 stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg):
+    """Where this program reads its inputs: u and delta at ``rows`` (the channels' row offsets inside one batch
+    entry, in the caller's shape) of batch entry ``pid_b``, B and C at its group's (n, L) block. The batch and
+    group strides are the inputs' own (views are read in place, see ``_rows`` and ``_blocks``)."""
+    batch = pid_b.to(tl.int64)
+    group = group.to(tl.int64)
+    return (u_ptr + batch * stride_u + rows, delta_ptr + batch * stride_delta + rows,
+            B_ptr + batch * stride_Bb + group * stride_Bg, C_ptr + batch * stride_Cb + group * stride_Cg)
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr, last_ptr,
                      dim, length, channels_per_group, n_chunks, dstate,
                      stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
@@ -92,14 +104,11 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
     D = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d).to(tl.float32)
-    batch = pid_b.to(tl.int64)
-    rows = offs_d.to(tl.int64) * length  # (BLOCK_D,) row offsets inside one batch entry of u, delta
     seq = (pid_b * dim + offs_d).to(tl.int64) * length  # (BLOCK_D,) row offsets into the outputs (b, d, L)
-    u_row = u_ptr + (batch * stride_u + rows)[:, None]
-    delta_row = delta_ptr + (batch * stride_delta + rows)[:, None]
+    u_row, delta_row, B_row, C_row = _input_bases(
+        u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, (offs_d.to(tl.int64) * length)[:, None], group,
+        stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
     y_row = y_ptr + seq[:, None]
-    B_row = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg
-    C_row = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg
     ckpt_row = ckpt_ptr + (pid_b * dim + offs_d).to(tl.int64)[:, None] * n_chunks * dstate + offs_n[None, :]
     arange_t = tl.arange(0, BLOCK_T)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -148,16 +157,13 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     D = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d).to(tl.float32)
-    batch = pid_b.to(tl.int64)
-    rows = offs_d.to(tl.int64) * length  # row offsets inside one batch entry of u, delta, dy
+    rows = (offs_d.to(tl.int64) * length)[:, None]  # row offsets inside one batch entry of u, delta, dy
     seq = (pid_b * dim + offs_d).to(tl.int64) * length  # row offsets into the contiguous du, ddelta
-    u_row = u_ptr + (batch * stride_u + rows)[:, None]
-    delta_row = delta_ptr + (batch * stride_delta + rows)[:, None]
-    dy_row = dy_ptr + (batch * stride_dy + rows)[:, None]
+    u_row, delta_row, B_row, C_row = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group, stride_u,
+                                                  stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
+    dy_row = dy_ptr + pid_b.to(tl.int64) * stride_dy + rows
     du_row = du_ptr + seq[:, None]
     ddelta_row = ddelta_ptr + seq[:, None]
-    B_row = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg
-    C_row = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg
     bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length  # into the contiguous dB, dC
     if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
         part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
@@ -294,14 +300,13 @@ def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_pt
     D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d3).to(tl.float32)
-    batch = pid_b.to(tl.int64)
-    rows = offs_d3.to(tl.int64) * length  # row offsets inside one batch entry of u, delta
     seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous outputs
-    u_base = u_ptr + batch * stride_u + rows
-    delta_base = delta_ptr + batch * stride_delta + rows
+    u_base, delta_base, B_block, C_block = _input_bases(
+        u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, offs_d3.to(tl.int64) * length, group,
+        stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
     y_base = y_ptr + seq * length
-    B_base = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg + offs_n3 * length
-    C_base = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg + offs_n3 * length
+    B_base = B_block + offs_n3 * length
+    C_base = C_block + offs_n3 * length
     ckpt_base = ckpt_ptr + seq * n_chunks * dstate + offs_n3
     arange_s = tl.arange(0, SEGS)[None, :, None]
     h_carry = tl.zeros([BLOCK_D, 1, BLOCK_N], dtype=tl.float32)
@@ -357,16 +362,16 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
     D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d3).to(tl.float32)
-    batch = pid_b.to(tl.int64)
     rows = offs_d3.to(tl.int64) * length  # row offsets inside one batch entry of u, delta, dy
     seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous du, ddelta, checkpoints
-    u_base = u_ptr + batch * stride_u + rows
-    delta_base = delta_ptr + batch * stride_delta + rows
-    dy_base = dy_ptr + batch * stride_dy + rows
+    u_base, delta_base, B_block, C_block = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group,
+                                                        stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb,
+                                                        stride_Cg)
+    dy_base = dy_ptr + pid_b.to(tl.int64) * stride_dy + rows
     du_base = du_ptr + seq * length
     ddelta_base = ddelta_ptr + seq * length
-    B_base = B_ptr + batch * stride_Bb + group.to(tl.int64) * stride_Bg + offs_n3 * length
-    C_base = C_ptr + batch * stride_Cb + group.to(tl.int64) * stride_Cg + offs_n3 * length
+    B_base = B_block + offs_n3 * length
+    C_base = C_block + offs_n3 * length
     bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length  # into the contiguous dB, dC
     if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
         part_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
