@@ -21,13 +21,13 @@ import argparse
 import gc
 import os.path as osp
 import statistics
-import time
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from mmmambavision import MambaVision
+from mmmambavision.engine.timing import synced_times
 from mmmambavision.ops import selected_backend
 
 
@@ -36,26 +36,6 @@ def build(name):
         return MambaVision(name.split('_', 1)[1], out_indices=(3, ))
     import timm
     return timm.create_model(name, pretrained=False, num_classes=0)
-
-
-def synced_times(step, runs, warmup, device, after=None):
-    """Seconds of each of ``runs`` calls of ``step()`` after ``warmup`` untimed ones, synchronised on CUDA.
-
-    ``after``: called after every call, outside the timed region.
-    """
-    times = []
-    for i in range(warmup + runs):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        if after is not None:
-            after()
-    return times
 
 
 def measure(model, x, runs, warmup, device, graph=False):

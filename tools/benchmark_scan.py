@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision.ops import selective_scan, selective_scan_reference
+from mmmambavision.engine.timing import synced_times
 from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -118,18 +119,8 @@ class PeakMemory:
 
 
 def timed(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of ``fn()``."""
+    return 1e3 * statistics.median(synced_times(fn, repeats, warmup, device))
 
 
 def rel_err(got, want):
