@@ -184,6 +184,12 @@ class HybridBlock(nn.Module):
         return x + self.drop_path(y)
 
 
+def in_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` laid out channels_last or NCHW-contiguous (no copy when it already is): a stage or norm hands back
+    its input's layout."""
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """(B, C, H, W) with H, W multiples of ``window_size`` -> (B * nH * nW, window_size**2, C), row-major."""
     batch, channels, height, width = x.shape

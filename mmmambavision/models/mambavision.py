@@ -16,8 +16,8 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, pad_to_window, window_partition,
-                     window_reverse)
+from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, in_memory_format, pad_to_window,
+                     window_partition, window_reverse)
 
 
 class MambaVisionLevel(nn.Module):
@@ -67,7 +67,7 @@ class MambaVisionLevel(nn.Module):
             x = x.transpose(1, 2).reshape(batch, channels, height, width)
             # back in the input's memory format: a channels_last-strided map handed to an NCHW detector makes its
             # neck mix layouts (strided elementwise ops, slower convolution algorithms)
-            return x if channels_last else x.contiguous()
+            return in_memory_format(x, channels_last)
         height, width = x.shape[-2:]
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x = pad_to_window(x, self.window_size)
@@ -77,7 +77,7 @@ class MambaVisionLevel(nn.Module):
         x = window_reverse(x, self.window_size, padded_h, padded_w, channels_last=channels_last)
         if padded_h != height or padded_w != width:
             x = x[:, :, :height, :width]
-        return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return in_memory_format(x, channels_last)
 
 
 class LayerNorm2d(LayerNorm):
@@ -85,8 +85,7 @@ class LayerNorm2d(LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        x = super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return x if channels_last else x.contiguous()
+        return in_memory_format(super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), channels_last)
 
 
 _ARCH_FIELDS = {'dim', 'in_dim', 'depths', 'num_heads', 'mlp_ratio', 'layer_scale', 'layer_scale_conv',
