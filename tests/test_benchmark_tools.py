@@ -115,17 +115,40 @@ def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
 
 
 def test_benchmark_det_table_gives_no_ratio_to_rows_with_skipped_optimiser_steps():
-    rows = [('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 0), ('mambavision_t', 'T', 31.2, 200.0, 5.0, 10),
-            ('mambavision_t', 'T whole', 31.2, 150.0, 4.0, 0), ('mambavision_b', 'B', None, None, 'OOM', 0)]
+    rows = [('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 0, 80.0, 50.0), ('mambavision_t', 'T', 31.2, 200.0, 5.0, 10, 60.0, 6.0),
+            ('mambavision_t', 'T whole', 31.2, 150.0, 4.0, 0, 40.0, 6.5),
+            ('mambavision_b', 'B', None, None, 'OOM', 0, None, None)]
     lines = benchmark.det_table(rows, ['n1'])
-    assert lines[2] == '| Swin-T | 27.5 | 300 | 5.60 | 1.00x |'
-    assert lines[3] == '| T | 31.2 | 200 | 5.00 | n/c (10 steps skipped) |'
-    assert lines[4] == '| T whole | 31.2 | 150 | 4.00 | 2.00x |'
-    assert lines[5] == '| B | - | out of memory | - | - |'
+    assert lines[0].startswith('| model | backbone params (M) | step ms (median) | backbone fwd+bwd ms | ')
+    assert lines[2] == '| Swin-T | 27.5 | 300 | 80 | 50 | 170 | 5.60 | 1.00x |'
+    assert lines[3] == '| T | 31.2 | 200 | 60 | 6 | 134 | 5.00 | n/c (10 steps skipped) |'
+    assert lines[4] == '| T whole | 31.2 | 150 | 40 | 6 | 104 | 4.00 | 2.00x |'  # rest: 150 - 40 - 6.5 = 103.5
+    assert lines[5] == '| B | - | out of memory | - | - | - | - | - |'
     assert lines[6] == 'note: n1'
     # a Swin-T row that skipped steps is no reference
-    rows[0] = ('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 3)
+    rows[0] = ('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 3, 80.0, 50.0)
     assert benchmark.det_table(rows, [])[4].endswith('| - |')
+
+
+def test_settle_loss_scaler_steps_until_two_steps_are_taken():
+    class Scaler:  # halves its scale on each of the first `overflows` steps (what GradScaler does on inf grads)
+        def __init__(self, overflows):
+            self.scale, self.overflows = 65536., overflows
+
+        def get_scale(self):
+            return self.scale
+
+        def step(self):
+            if self.overflows:
+                self.overflows -= 1
+                self.scale /= 2
+
+    for overflows, calls in [(0, 2), (1, 3), (5, 7)]:
+        scaler = Scaler(overflows)
+        assert benchmark.settle_loss_scaler(scaler.step, scaler, limit=60) == calls
+        assert scaler.overflows == 0
+    scaler = Scaler(100)
+    assert benchmark.settle_loss_scaler(scaler.step, scaler, limit=10) == 10 and scaler.overflows == 90
 
 
 def test_benchmark_det_runs_on_cpu_and_prints_the_table():
@@ -134,12 +157,15 @@ def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert 'fp32 (no CUDA' in out and 'batch 2 x 64x96' in out
-    assert '| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |' in out
+    assert ('| model | backbone params (M) | step ms (median) | backbone fwd+bwd ms | optimiser step ms | rest ms | '
+            'peak GiB | speed vs Swin-T (Swin-T ms / ms) |') in out
     row = next(line for line in out.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert float(cells[1]) == pytest.approx(31.2, abs=0.05)
-    assert float(cells[2]) > 0
-    assert cells[3] == '-' and cells[4] == '-'  # CPU: no peak memory; no Swin-T row to compare with
+    step, backbone, optim, rest = (float(cell) for cell in cells[2:6])
+    assert step > 0 and backbone > 0 and optim > 0
+    assert rest == pytest.approx(step - backbone - optim, abs=1.5)  # rounding of the printed cells
+    assert cells[6] == '-' and cells[7] == '-'  # CPU: no peak memory; no Swin-T row to compare with
     assert 'init_weights' not in out  # mmengine's per-parameter init report stays out of the table
 
 

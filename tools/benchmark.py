@@ -93,6 +93,7 @@ DET_DEFAULTS = dict(  # per device type: models, image size (H, W), warm-up step
     # on one CPU core. The CPU default keeps their idea (one padded window per image) at its own size.
     cpu=dict(models=['mambavision_t@8,8,24,12', 'swin_t'], size=(256, 384), warmup=0, runs=1),
 )
+DET_SETTLE_LIMIT = 60  # most extra warm-up steps spent waiting for the AMP loss scaler to stop skipping
 DET_BOXES = (3, 12)  # ground-truth instances per image, drawn uniformly
 DET_MIN_SIZE = 64
 
@@ -160,15 +161,42 @@ def build_detector(name: str, window: Optional[Sequence[int]], device: torch.dev
     return result + (cfg, ) if with_cfg else result
 
 
+def random_grads(model) -> None:
+    """Small random gradients on every trainable parameter (what an optimiser step needs to do full work)."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.randn_like(param) * 1e-3
+
+
+def measure_det_parts(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device):
+    """(backbone ms, optimiser ms): medians of the backbone's forward + backward alone on the preprocessed batch
+    (fp16 autocast when the optimiser wrapper is mmengine's AmpOptimWrapper, as in ``train_step``) and of the
+    optimiser's ``step()`` alone (random gradients, no loss scaling). Changes the parameters: call it last."""
+    from mmengine.optim import AmpOptimWrapper
+
+    inputs = model.data_preprocessor(data, True)['inputs']
+    amp = isinstance(optim_wrapper, AmpOptimWrapper)
+
+    def backbone_step():
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            outs = model.backbone(inputs)
+        sum(out.float().mean() for out in outs).backward()
+        model.zero_grad(set_to_none=True)
+
+    backbone = synced_times(backbone_step, runs, warmup, device)
+    random_grads(model)
+    optim = synced_times(optim_wrapper.optimizer.step, runs, min(warmup, 3), device)
+    model.zero_grad(set_to_none=True)
+    return 1000 * statistics.median(backbone), 1000 * statistics.median(optim)
+
+
 def measure_optim_steps(model, optim_cfg, runs: int, warmup: int, device: torch.device):
     """(median ms, param groups) of the AdamW step alone (``optimizer.step()``, no loss scaling) with the config's
     constructor, then with mmengine's default one (the config without its ``constructor`` key)."""
     import copy
 
     from mmengine.optim import build_optim_wrapper
-    for param in model.parameters():
-        if param.requires_grad:
-            param.grad = torch.randn_like(param) * 1e-3
+    random_grads(model)
     results = []
     for cfg in (optim_cfg, {k: v for k, v in copy.deepcopy(optim_cfg).items() if k != 'constructor'}):
         optimizer = build_optim_wrapper(model, cfg).optimizer
@@ -226,21 +254,39 @@ def make_det_batch(batch: int, height: int, width: int, seed: int = 0, num_class
     return dict(inputs=inputs, data_samples=samples)
 
 
+def settle_loss_scaler(step, scaler, limit: int = DET_SETTLE_LIMIT) -> int:
+    """Extra warm-up: call ``step()`` until the dynamic loss scaler takes (does not skip) two steps in a row, at most
+    ``limit`` times; returns how many calls it took. From random initialisation fp16 gradients can overflow for a
+    while (the scaler halves its scale and skips the step each time); timing such steps would leave out the
+    optimiser step and compare different work."""
+    taken = 0
+    for calls in range(1, limit + 1):
+        before = scaler.get_scale()
+        step()
+        taken = taken + 1 if scaler.get_scale() >= before else 0
+        if taken == 2:
+            return calls
+    return limit
+
+
 def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device):
     """Median ms of ``model.train_step`` (preprocessing, forward, loss, backward, optimiser step), synchronised,
-    the peak allocated GiB (CUDA) and how many timed steps the loss scaler skipped."""
+    the peak allocated GiB (CUDA), how many timed steps the loss scaler skipped, and how many extra warm-up steps
+    it took for the loss scaler to settle (see ``settle_loss_scaler``)."""
     cuda = device.type == 'cuda'
     scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    step = lambda: model.train_step(data, optim_wrapper)  # noqa: E731
+    settle = settle_loss_scaler(step, scaler) if scaler is not None and warmup else 0
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     scales = [scaler.get_scale()] if scaler is not None else []  # the scale before each step, then after the last
-    times = synced_times(lambda: model.train_step(data, optim_wrapper), runs, warmup, device,
+    times = synced_times(step, runs, warmup, device,
                          after=(lambda: scales.append(scaler.get_scale())) if scaler is not None else None)
     # the loss scaler lowers its scale when it skips a step (inf/nan gradients)
     skipped = sum(after < before for before, after in zip(scales[warmup:], scales[warmup + 1:]))
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
-    return 1000 * statistics.median(times), peak, skipped
+    return 1000 * statistics.median(times), peak, skipped, settle
 
 
 def det_specs(args, parser, defaults: dict) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
@@ -296,7 +342,8 @@ def run_det(args, parser) -> None:
           f'bitmap masks per image, 80 classes)\n'
           f'{precision}; AdamW (the configs\' lr / weight decay / paramwise settings); SyncBN as BN (one process); '
           f'no pretrained weights\n'
-          f'median of {runs} timed steps after {warmup} warm-up, synchronised; peak = torch.cuda.max_memory_allocated '
+          f'median of {runs} timed steps after {warmup} warm-up (AMP: then more, until the loss scaler stops '
+          f'skipping, at most {DET_SETTLE_LIMIT}), synchronised; peak = torch.cuda.max_memory_allocated '
           'per model')
     data = make_det_batch(batch, height, width)
     rows, notes = [], []
@@ -305,13 +352,17 @@ def run_det(args, parser) -> None:
         try:
             label, model, optim_wrapper = build_detector(name, window, device)
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
-            ms, peak, skipped = measure_det(model, optim_wrapper, data, runs, warmup, device)
-            rows.append((name, label, params, ms, peak, skipped))
+            ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device)
+            backbone_ms, optim_ms = measure_det_parts(model, optim_wrapper, data, runs, warmup, device)
+            rows.append((name, label, params, ms, peak, skipped, backbone_ms, optim_ms))
+            if settle > 3:
+                notes.append(f'{label}: {settle} extra warm-up steps until the AMP loss scaler took two steps in a row '
+                             f'(fp16 gradient overflow from random init; scale now {optim_wrapper.loss_scaler.get_scale():g})')
             if skipped:
                 notes.append(f'{label}: the loss scaler skipped {skipped} of {runs} timed optimiser steps '
                              '(inf/nan fp16 gradients; the rest of the step still ran)')
         except torch.cuda.OutOfMemoryError:
-            rows.append((name, label, None, None, 'OOM', 0))
+            rows.append((name, label, None, None, 'OOM', 0, None, None))
         model = optim_wrapper = None
         gc.collect()
         if cuda:
@@ -321,20 +372,23 @@ def run_det(args, parser) -> None:
 
 def det_table(rows, notes) -> List[str]:
     """The --det table's lines. rows: (name, label, backbone params M, step ms or None for OOM, peak GiB, steps
-    the loss scaler skipped). A row whose optimiser steps were skipped gets no ratio (not the same work), and
-    Swin-T's time only counts when its own steps all ran."""
-    swin = next((ms for name, _, _, ms, _, skipped in rows if name == 'swin_t' and ms and not skipped), None)
-    lines = ['| model | backbone params (M) | step ms (median) | peak GiB | speed vs Swin-T (Swin-T ms / ms) |',
-             '|---|---:|---:|---:|---:|']
-    for name, label, params, ms, peak, skipped in rows:
+    the loss scaler skipped, backbone forward+backward ms, optimiser step ms). A row whose optimiser steps were
+    skipped gets no ratio (not the same work), and Swin-T's time only counts when its own steps all ran. "rest"
+    is the step less the backbone and the optimiser: preprocessing, neck, heads, losses, loss scaling - the same
+    mmdet code in every row."""
+    swin = next((row[3] for row in rows if row[0] == 'swin_t' and row[3] and not row[5]), None)
+    lines = ['| model | backbone params (M) | step ms (median) | backbone fwd+bwd ms | optimiser step ms | rest ms | '
+             'peak GiB | speed vs Swin-T (Swin-T ms / ms) |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for name, label, params, ms, peak, skipped, backbone_ms, optim_ms in rows:
         if ms is None:
-            lines.append(f'| {label} | - | out of memory | - | - |')
+            lines.append(f'| {label} | - | out of memory | - | - | - | - | - |')
             continue
         peak_text = f'{peak:.2f}' if isinstance(peak, float) else '-'
         ratio = f'{swin / ms:.2f}x' if swin else '-'
         if skipped:  # a step without its optimiser update is not the same work: no ratio
             ratio = f'n/c ({skipped} steps skipped)'
-        lines.append(f'| {label} | {params:.1f} | {ms:.0f} | {peak_text} | {ratio} |')
+        lines.append(f'| {label} | {params:.1f} | {ms:.0f} | {backbone_ms:.0f} | {optim_ms:.0f} | '
+                     f'{ms - backbone_ms - optim_ms:.0f} | {peak_text} | {ratio} |')
     return lines + [f'note: {note}' for note in notes]
 
 
