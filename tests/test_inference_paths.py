@@ -1,10 +1,14 @@
 """Inference-only fast paths: they must compute what the plain modules compute."""
+import collections
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from mmmambavision import MambaVision
-from mmmambavision.models.layers import LayerNorm
+from mmmambavision.models.layers import Conv2d, LayerNorm, Linear
 from mmmambavision.models.mambavision import LayerNorm2d
 
 
@@ -77,6 +81,83 @@ def test_half_parameter_cache_follows_weight_updates():
         norm.bias.add_(1.0)
         second = norm(x)
     torch.testing.assert_close(second.float() - first.float(), torch.ones_like(first.float()), rtol=0, atol=2e-2)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten ops that reach the dispatcher below autocast (autocast's own casts included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _linear_and_conv_pairs():
+    """(ours, torch's) Linear and Conv2d pairs with the same random parameters, and an input for each."""
+    torch.manual_seed(0)
+    pairs = []
+    for ours, plain, x in [
+            (Linear(48, 96), torch.nn.Linear(48, 96), torch.randn(2, 7, 48)),
+            (Linear(48, 96, bias=False), torch.nn.Linear(48, 96, bias=False), torch.randn(14, 48)),
+            (Conv2d(8, 16, 3, 2, 1), torch.nn.Conv2d(8, 16, 3, 2, 1), torch.randn(2, 8, 10, 12)),
+            (Conv2d(8, 16, 3, 1, 1, bias=False), torch.nn.Conv2d(8, 16, 3, 1, 1, bias=False),
+             torch.randn(2, 8, 10, 12).to(memory_format=torch.channels_last))]:
+        plain.load_state_dict(ours.state_dict())
+        pairs.append((ours, plain, x))
+    return pairs
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_linear_and_conv_match_autocast_without_casting_weights(dtype):
+    for ours, plain, x in _linear_and_conv_pairs():
+        x = x.to(dtype)
+        with torch.no_grad():
+            with torch.autocast('cpu', dtype=dtype):
+                ours(x)  # fills the cache (kept across autocast regions, unlike autocast's own weight cache)
+            with torch.autocast('cpu', dtype=dtype), _CountOps() as plain_ops:
+                expected = plain(x)
+            with torch.autocast('cpu', dtype=dtype), _CountOps() as ours_ops:
+                out = ours(x)
+        assert out.dtype == expected.dtype == dtype and out.shape == expected.shape
+        torch.testing.assert_close(out, expected)
+        assert out.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(
+            memory_format=torch.channels_last)
+        # autocast casts the weight (and bias) once per autocast region (each forward of a benchmark or test
+        # loop); the cached path casts nothing
+        assert plain_ops.ops['_to_copy'] >= 1
+        assert ours_ops.ops['_to_copy'] == 0, ours_ops.ops
+
+
+def test_linear_and_conv_train_and_fp32_paths_are_torchs():
+    for ours, plain, x in _linear_and_conv_pairs():
+        for autocast in (False, True):
+            x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                out, expected = ours(x1), plain(x2)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+            out.float().square().sum().backward()
+            expected.float().square().sum().backward()
+            torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)
+            torch.testing.assert_close(ours.weight.grad, plain.weight.grad, rtol=0, atol=0)
+            ours.zero_grad(), plain.zero_grad()
+        with torch.no_grad():  # fp32 inference: no autocast, no cache
+            torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+
+
+def test_half_linear_cache_follows_weight_updates():
+    layer = Linear(8, 4)
+    x = torch.randn(3, 8).to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        first = layer(x)
+        layer.bias.add_(1.0)
+        second = layer(x)
+        layer.weight.zero_()
+        third = layer(x)
+    torch.testing.assert_close(second.float() - first.float(), torch.ones_like(first.float()), rtol=0, atol=2e-2)
+    torch.testing.assert_close(third.float(), (layer.bias.float().expand(3, 4)), rtol=0, atol=1e-2)
 
 
 def test_layernorm2d_keeps_channels_last_and_matches():

@@ -42,10 +42,10 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_channels: int, in_dim: int, dim: int):
         super().__init__()
         self.conv_down = nn.Sequential(
-            nn.Conv2d(in_channels, in_dim, 3, 2, 1, bias=False),
+            Conv2d(in_channels, in_dim, 3, 2, 1, bias=False),
             nn.BatchNorm2d(in_dim, eps=1e-4),
             nn.ReLU(),
-            nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
+            Conv2d(in_dim, dim, 3, 2, 1, bias=False),
             nn.BatchNorm2d(dim, eps=1e-4),
             nn.ReLU(),
         )
@@ -59,7 +59,7 @@ class Downsample(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, 2, 1, bias=False))
+        self.reduction = nn.Sequential(Conv2d(dim, 2 * dim, 3, 2, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reduction(x)
@@ -70,10 +70,10 @@ class ConvBlock(nn.Module):
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale: Optional[float] = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.conv1 = Conv2d(dim, dim, 3, 1, 1)
         self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
         self.act1 = nn.GELU(approximate='tanh')  # the published weights were trained with the tanh GELU
-        self.conv2 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.conv2 = Conv2d(dim, dim, 3, 1, 1)
         self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
         if layer_scale is not None:
             self.gamma = nn.Parameter(layer_scale * torch.ones(dim))
@@ -98,6 +98,28 @@ def _no_autocast():
     return torch.autocast('cuda', enabled=False)  # pragma: no cover - older torch
 
 
+def half_inference_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """fp16/bf16 when the current call runs without autograd under half-precision autocast (and not inside
+    ``torch.compile``) - the case the cached-weight inference paths below serve - else None."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _half_params(module: nn.Module, dtype: torch.dtype, transpose: bool = False):
+    """``module``'s weight (transposed if asked) and bias (or None) in ``dtype``, cached for inference."""
+    def make():
+        weight = module.weight.detach().to(dtype)
+        bias = None if module.bias is None else module.bias.detach().to(dtype)
+        return (weight.t() if transpose else weight), bias
+    sources = (module.weight, ) if module.bias is None else (module.weight, module.bias)
+    return inference_cached(module, 'half', sources, make, dtype)
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` that, in inference under fp16/bf16 autocast, stays in the activations' dtype.
 
@@ -110,24 +132,51 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
-                and torch.is_autocast_enabled(x.device.type) and self.weight is not None):
-            weight, bias = inference_cached(
-                self, 'half', (self.weight, self.bias),
-                lambda: (self.weight.detach().to(x.dtype), self.bias.detach().to(x.dtype)), x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16) and half_inference_dtype(x) and self.weight is not None:
+            weight, bias = _half_params(self, x.dtype)
             # Autocast has its own (fp32) kernel for native_layer_norm on CUDA: step past it.
             with _no_autocast():
                 return torch.native_layer_norm(x, self.normalized_shape, weight, bias, self.eps)[0]
         return super().forward(x)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that, in half-precision inference (no autograd, fp16/bf16 autocast), multiplies by a cached
+    half copy of its weight in one ``addmm`` with the bias, outside autocast: the same kernel and values as under
+    autocast, without autocast's cast of weight and bias at every call (two kernels and their launches per layer
+    and forward). Training and fp32 inference are ``nn.Linear``'s; parameters and state dict too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = half_inference_dtype(x)
+        if dtype is None or x.dim() < 2:
+            return super().forward(x)
+        weight_t, bias = _half_params(self, dtype, transpose=True)
+        with _no_autocast():
+            flat = x.to(dtype).reshape(-1, self.in_features)
+            out = torch.mm(flat, weight_t) if bias is None else torch.addmm(bias, flat, weight_t)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with the inference path of :class:`Linear`: cached half weight and bias, no per-call casts.
+    The cached copy keeps the weight's memory format (channels_last after ``model.to(memory_format=...)``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = half_inference_dtype(x)
+        if dtype is None or self.padding_mode != 'zeros':
+            return super().forward(x)
+        weight, bias = _half_params(self, dtype)
+        with _no_autocast():
+            return F.conv2d(x.to(dtype), weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -142,8 +191,8 @@ class Attention(nn.Module):
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=True)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
