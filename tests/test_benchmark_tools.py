@@ -115,7 +115,8 @@ def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
 
 
 def test_benchmark_det_table_gives_no_ratio_to_rows_with_skipped_optimiser_steps():
-    rows = [('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 0, 80.0, 50.0), ('mambavision_t', 'T', 31.2, 200.0, 5.0, 10, 60.0, 6.0),
+    rows = [('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 0, 80.0, 50.0),
+            ('mambavision_t', 'T', 31.2, 200.0, 5.0, 10, 60.0, 6.0),
             ('mambavision_t', 'T whole', 31.2, 150.0, 4.0, 0, 40.0, 6.5),
             ('mambavision_b', 'B', None, None, 'OOM', 0, None, None)]
     lines = benchmark.det_table(rows, ['n1'])

@@ -355,9 +355,12 @@ def run_det(args, parser) -> None:
             ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device)
             backbone_ms, optim_ms = measure_det_parts(model, optim_wrapper, data, runs, warmup, device)
             rows.append((name, label, params, ms, peak, skipped, backbone_ms, optim_ms))
+            # 2 calls when nothing overflowed, 3 after the usual single skip at the initial scale (2 ** 16): note
+            # only rows that kept overflowing
             if settle > 3:
+                scale = optim_wrapper.loss_scaler.get_scale()
                 notes.append(f'{label}: {settle} extra warm-up steps until the AMP loss scaler took two steps in a row '
-                             f'(fp16 gradient overflow from random init; scale now {optim_wrapper.loss_scaler.get_scale():g})')
+                             f'(fp16 gradient overflow from random init; scale now {scale:g})')
             if skipped:
                 notes.append(f'{label}: the loss scaler skipped {skipped} of {runs} timed optimiser steps '
                              '(inf/nan fp16 gradients; the rest of the step still ran)')
