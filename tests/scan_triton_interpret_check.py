@@ -69,7 +69,7 @@ class KernelSpy:
         return launch
 
 
-KERNEL_NAMES = ('_scan_fwd_kernel', '_scan_bwd_kernel', '_seq_fwd_kernel', '_seq_bwd_kernel')
+KERNEL_NAMES = tuple(f'_{family}_{part}_kernel' for family in scan_triton.KERNELS for part in ('fwd', 'bwd'))
 
 
 @contextmanager
@@ -122,7 +122,7 @@ def check_strided(name, leaves, scan_inputs, tolerance, tuning, in_place, **kwar
     kernels got the views themselves (no copies), else that they got contiguous copies."""
     scan_triton._TUNING.clear()
     scan_triton._TUNING.update(tuning)
-    family = tuning.get('kernel', 'scan')
+    family = tuning.get('kernel') or scan_triton._default_config(2, 4, 4, 49, 8)['kernel']
     leaves = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
     names = list(leaves)
     with spying() as spies:
@@ -167,7 +167,7 @@ def check_no_grad(name, leaves, scan_inputs, tuning, **kwargs):
     gradient path, bit for bit, from a forward launch that stores no checkpoints, without the autograd Function."""
     scan_triton._TUNING.clear()
     scan_triton._TUNING.update(tuning)
-    family = tuning.get('kernel', 'scan')
+    family = tuning.get('kernel') or scan_triton._default_config(2, 4, 4, 49, 8)['kernel']
     grad_leaves = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
     y_ref, last_ref = selective_scan(**scan_inputs(grad_leaves), return_last_state=True, backend='triton',
                                      **kwargs)
@@ -199,7 +199,7 @@ def check_launch_cache():
     """The launch config is computed once per shape and ``_TUNING`` content; a changed ``_TUNING`` takes effect."""
     scan_triton._TUNING.clear()
     first = scan_triton._cached_launch(2, 8, 8, 50, 8)
-    ok = scan_triton._cached_launch(2, 8, 8, 50, 8) is first and first[0]['kernel'] == 'scan'
+    ok = scan_triton._cached_launch(2, 8, 8, 50, 8) is first and first[0]['kernel'] == 'state'
     ok &= first[3] == -(-50 // first[0]['chunk']) and first[2] == (2, 8 // first[0]['BLOCK_D'])
     scan_triton._TUNING.update(kernel='seq', SEGS=4, STEPS=3)
     seq = scan_triton._cached_launch(2, 8, 8, 50, 8)
@@ -217,11 +217,12 @@ def main():
     scan = dict(kernel='scan')
     seq1 = dict(kernel='seq', SEGS=1, STEPS=4)
     seqs = dict(kernel='seq', SEGS=4, STEPS=3)  # chunks of 12 steps: L=40 ends inside a segment
+    state = dict(kernel='state', BLOCK_T=16)
     results = []
     for length in (1, 7, 49):  # the per-shape default config
         results.append(check(f'fp32 L={length} default', make_inputs(2, 4, length, 8, None, f32), TOLERANCE[f32], {},
                              delta_softplus=True))
-    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs)):
+    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state)):
         # several chunks; several channels per program with dB/dC atomics, per-program partial sums, or (one
         # program per group) plain stores; groups > 1
         for bc in ('atomic', 'partial'):
@@ -247,7 +248,7 @@ def main():
     results.append(check_launch_cache())
     # views into wider tensors, read in place (batch strides; B/C batch and group strides); token-major layouts
     # are copied; gradients must reach the parent tensors
-    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs)):
+    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state)):
         views = strided_inputs(2, 4, 40, 8, None, f32, 'views')
         results.append(check_strided(f'{name} fp32 views (u = xz[:, :d], B/C = x_dbl slices) atomic', *views,
                                      TOLERANCE[f32], dict(kernel, BLOCK_D=2, bc='atomic'), True,

@@ -154,6 +154,9 @@ TRITON_CONFIGS = {
     'seq-rows-partial': dict(kernel='seq', BLOCK_D=8, SEGS=1, STEPS=8, num_warps=2, bc='partial'),
     'seq-segments-atomic': dict(kernel='seq', BLOCK_D=2, SEGS=16, STEPS=4, num_warps=4, bc='atomic'),
     'seq-segments-partial': dict(kernel='seq', BLOCK_D=1, SEGS=64, STEPS=4, num_warps=8, bc='partial'),
+    'state-atomic': dict(kernel='state', BLOCK_D=4, BLOCK_T=256, num_warps=4, bc='atomic'),
+    'state-partial': dict(kernel='state', BLOCK_D=2, BLOCK_T=512, num_warps=4, bc='partial'),
+    'state-long': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic'),
 }
 _truth_cache = {}
 
@@ -222,7 +225,8 @@ def mixer_views(shape, dtype, dstate=8, rank=10, seed=0):
 
 @needs_triton
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d).split('.')[-1])
-@pytest.mark.parametrize('config', ['default', 'scan-partial', 'seq-rows-atomic', 'seq-segments-atomic'])
+@pytest.mark.parametrize('config', ['default', 'scan-partial', 'seq-rows-atomic', 'seq-segments-atomic',
+                                    'state-atomic'])
 @pytest.mark.parametrize('shape', [(16, 160, 196), (2, 80, 3136)], ids=lambda s: 'x'.join(map(str, s)))
 def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, config, dtype):
     from mmmambavision.ops import scan_triton
@@ -247,7 +251,7 @@ def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, co
 
 
 @needs_triton
-@pytest.mark.parametrize('config', ['default', 'seq-segments-atomic'])
+@pytest.mark.parametrize('config', ['default', 'seq-segments-atomic', 'state-atomic'])
 def test_triton_inference_path_matches_the_gradient_path(config):
     """Without gradients the forward runs outside the autograd Function and stores no checkpoints: same y, h_L."""
     from mmmambavision.ops import scan_triton

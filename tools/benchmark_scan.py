@@ -16,9 +16,10 @@ Usage::
     python tools/benchmark_scan.py --device cuda
     python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton variants
     python tools/benchmark_scan.py --device cuda --tune-only --tune-verbose   # the sweep alone, every config
+    python tools/benchmark_scan.py --device cuda --tune-only --tune-kernels state   # one family's variants
 
-The sweep (``--tune``/``--tune-only``) tries the Triton variants of ``scan_triton._TUNING`` (kernel 'seq' or
-'scan', BLOCK_D, SEGS/STEPS or BLOCK_T, num_warps, dB/dC strategy 'atomic'/'partial') at each shape in the first
+The sweep (``--tune``/``--tune-only``) tries the Triton variants of ``scan_triton._TUNING`` (kernel 'state', 'seq'
+or 'scan', BLOCK_D, SEGS/STEPS or BLOCK_T, num_warps, dB/dC strategy 'atomic'/'partial') at each shape in the first
 dtype, then the best two of those in the other dtypes, and prints the best config per shape and dtype next to the
 current default and the cuda kernel (when selective_scan_cuda imports), with a suggested ``_default_config`` rule.
 Compilation dominates its time (seconds a config); ``--tune-budget`` caps it.
@@ -228,6 +229,22 @@ def tune_candidates(shape, dstate, level):
                     add(kernel='seq', BLOCK_D=block_d, SEGS=segs, STEPS=steps, num_warps=warps, bc=bc)
     block_d, block_t, warps = scan_triton._scan_block_sizes(batch, dim, dim, length, dstate)
     add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')  # the previous default
+    # 'state': its heuristic, then chunk length × channels per program × warps around 8 values per thread
+    block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
+    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
+    longest = triton_next_pow2(length)
+    for block_t in (64, 128, 256, 512, 1024, 2048):
+        if block_t > max(64, longest) or (level != 'full' and block_t < min(256, longest)):
+            continue
+        for block_d in (1, 2, 4, 8, 16):
+            if block_d > 1 and batch * dim // block_d < (256 if level == 'full' else 512):
+                continue  # too few programs to fill a GPU
+            for per_thread in (4, 8, 16):
+                warps = block_d * block_t // (32 * per_thread)
+                if 1 <= warps <= 8:
+                    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
+                    if level == 'full':
+                        add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
     if level == 'full':
         for block_d in (1, 2, 4):
             for block_t in (64, 128, 256):
@@ -265,7 +282,8 @@ def config_name(config):
     return ' '.join(f'{short.get(k, k)}{v}' for k, v in config.items())
 
 
-def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=False, budget=None):
+def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=False, budget=None,
+                kernels=None):
     """Sweep the Triton variants: all candidates in the first dtype, the best few of those in the others."""
     from mmmambavision.ops import scan_triton
     start = time.perf_counter()
@@ -275,7 +293,7 @@ def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=Fa
         batch, dim, length = shape
         default = scan_triton._launch_config(batch, dim, dim, length, dstate)
         default = {k: default[k] for k in default if k not in ('BLOCK_N', 'chunk')}
-        cands = tune_candidates(shape, dstate, level)
+        cands = [c for c in tune_candidates(shape, dstate, level) if not kernels or c['kernel'] in kernels]
         ranked = None
         for dname in dtypes:
             inputs = make_inputs(shape, dstate, DTYPES[dname], device)
@@ -354,6 +372,8 @@ def main():
                         help='quick: a sweep of about a minute and a half on an H100; full: every variant')
     parser.add_argument('--tune-budget', type=float, default=None,
                         help='seconds for the sweep (all shapes); stops trying configs past it')
+    parser.add_argument('--tune-kernels', nargs='+', choices=['seq', 'scan', 'state'],
+                        help='the sweep tries only these kernel families (default: all)')
     parser.add_argument('--tune-verbose', action='store_true', help='print every config\'s times')
     args = parser.parse_args()
 
@@ -378,7 +398,7 @@ def main():
 
     if args.tune_only:
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget)
+                    budget=args.tune_budget, kernels=args.tune_kernels)
         return
     print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"}'
           f'; torch {torch.__version__}; d_state {args.dstate}; softplus + delta_bias + D, no z; '
@@ -412,7 +432,7 @@ def main():
     print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')
     if args.tune and device.type == 'cuda':
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget)
+                    budget=args.tune_budget, kernels=args.tune_kernels)
 
 
 if __name__ == '__main__':

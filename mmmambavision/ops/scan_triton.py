@@ -1,9 +1,15 @@
 """Selective scan as Triton kernels, forward and backward: the GPU path that needs no compilation.
 
-Two kernel families: ``scan`` is the default (``_default_config``), ``seq`` is selected through ``_TUNING``,
-which ``tools/benchmark_scan.py --tune`` sweeps. Both walk the sequence in chunks, write the state at every chunk
-start as a checkpoint in the forward, and in the backward walk the chunks in reverse, recomputing each chunk's
-states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
+Three kernel families: ``state`` is the default (``_default_config``), ``scan`` and ``seq`` are selected through
+``_TUNING``, which ``tools/benchmark_scan.py --tune`` sweeps. All walk the sequence in chunks, write the state at
+every chunk start as a checkpoint in the forward, and in the backward walk the chunks in reverse, recomputing each
+chunk's states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
+
+``state``: a program owns BLOCK_D channels (one by default) and chunks of BLOCK_T steps and loops over the d_state
+states, unrolled. Each state's recurrence is one ``tl.associative_scan`` over time of a (BLOCK_D, BLOCK_T) tile;
+the sums over states (y, and the gradients of Δ and u) accumulate in registers. The backward runs the adjoint
+``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse scan per state. ``_tile_layout_hint`` keeps each thread on
+consecutive steps when rows start unaligned (L % 16 != 0), which decides its speed.
 
 ``seq``: a program owns a (BLOCK_D channels, SEGS segments, d_state) tile; a chunk is SEGS consecutive segments of
 STEPS steps. Every thread walks its segment step by step (the steps are unrolled statically), so the recurrence
@@ -222,16 +228,16 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         grad_C = tl.sum(states * dy[:, None, :], axis=0)
         bc_offs = offs_n[:, None] * length + offs_t[None, :]
         if BC_MODE == 1:
-            tl.atomic_add(dB_row + bc_offs, grad_B, mask=mask_nt)
-            tl.atomic_add(dC_row + bc_offs, grad_C, mask=mask_nt)
+            tl.atomic_add(dB_row + bc_offs, grad_B, mask=mask_nt, sem='relaxed')
+            tl.atomic_add(dC_row + bc_offs, grad_C, mask=mask_nt, sem='relaxed')
         else:
             tl.store(dB_row + bc_offs, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_nt)
             tl.store(dC_row + bc_offs, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_nt)
-    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn)
+    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn, sem='relaxed')
     if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, grad_D)
+        tl.atomic_add(dD_ptr + offs_d, grad_D, sem='relaxed')
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, grad_bias)
+        tl.atomic_add(dbias_ptr + offs_d, grad_bias, sem='relaxed')
 
 
 # --- the sequential variant ('seq') -----------------------------------------------------------------------------
@@ -450,8 +456,8 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
             grad_C = tl.sum((a * hp + (dt * u) * B) * dy, axis=0, keep_dims=True)
             mask_bc = valid & mask_n
             if BC_MODE == 1:
-                tl.atomic_add(dB_base + t, grad_B, mask=mask_bc)
-                tl.atomic_add(dC_base + t, grad_C, mask=mask_bc)
+                tl.atomic_add(dB_base + t, grad_B, mask=mask_bc, sem='relaxed')
+                tl.atomic_add(dC_base + t, grad_C, mask=mask_bc, sem='relaxed')
             else:
                 tl.store(dB_base + t, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_bc)
                 tl.store(dC_base + t, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_bc)
@@ -460,23 +466,224 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
             w_carry = tl.sum(tl.where(arange_s == 0, w, 0.0), axis=1, keep_dims=True)
         else:
             w_carry = w
-    tl.atomic_add(dA_ptr + offs_d3 * dstate + offs_n3, tl.sum(grad_A, axis=1, keep_dims=True), mask=mask_dn)
+    tl.atomic_add(dA_ptr + offs_d3 * dstate + offs_n3, tl.sum(grad_A, axis=1, keep_dims=True),
+                  mask=mask_dn, sem='relaxed')
     if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d3, tl.sum(grad_D, axis=1, keep_dims=True))
+        tl.atomic_add(dD_ptr + offs_d3, tl.sum(grad_D, axis=1, keep_dims=True), sem='relaxed')
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d3, tl.sum(grad_bias, axis=1, keep_dims=True))
+        tl.atomic_add(dbias_ptr + offs_d3, tl.sum(grad_bias, axis=1, keep_dims=True), sem='relaxed')
+
+
+# --- the state-loop variant ('state') -----------------------------------------------------------------------------
+# A program owns (BLOCK_D, BLOCK_T) tiles: BLOCK_D channels × a chunk of BLOCK_T steps, and loops over the d_state
+# states (statically unrolled). Each state's recurrence is one associative scan over time of a 2-D tile, so the
+# sums over the states (y, and Δ's and u's gradients) accumulate in registers instead of being reduced across
+# threads, and the tile holds a thread's steps consecutively (the scan walks them sequentially before any
+# cross-thread step). The carried states and adjoints, one (BLOCK_D,) column per state, live in a (BLOCK_D,
+# BLOCK_N) tile between chunks.
+
+
+@triton.jit
+def _column(tile, offs_n, n):
+    """Column n of a (BLOCK_D, BLOCK_N) tile as a (BLOCK_D,) vector."""
+    return tl.sum(tl.where(offs_n[None, :] == n, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _tile_layout_hint(any_ptr, offs_d, offs_t, length):
+    """Zeros of the (BLOCK_D, BLOCK_T) tile's shape from a load that never happens (its mask is false at run time),
+    at a 16-byte aligned address read as bytes. Added to a loaded tile, it ties the tile to an access that could
+    move 16 steps at once: Triton lays out everything connected to a load by the widest such access, so each
+    thread then holds consecutive steps and the scans over time run mostly inside threads. Without it, rows that
+    start unaligned (L not a multiple of 16) get one step per thread and 32-step stripes across warps."""
+    byte_ptr = any_ptr.to(tl.pointer_type(tl.int8))
+    never = (offs_t + length < 0)[None, :]
+    return tl.load(byte_ptr + (offs_d * 0)[:, None] + offs_t[None, :], mask=never, other=0).to(tl.float32)
+
+
+@triton.jit
+def _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """u, raw delta(+bias) and Δ of one chunk, (BLOCK_D, BLOCK_T); Δ = 0 on masked steps (a = 1, x = 0)."""
+    u = tl.load(u_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
+    raw = tl.load(delta_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return u, raw, tl.where(mask_t[None, :], dt, 0.0)
+
+
+@triton.jit
+def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ckpt_ptr, last_ptr,
+                      dim, length, channels_per_group, n_chunks, dstate,
+                      stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      STORE_CKPT: tl.constexpr, N_STATES: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid_b = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
+    group = d0 // channels_per_group
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = (offs_n[None, :] < dstate) & (offs_d[:, None] < dim)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    seq = (pid_b * dim + offs_d).to(tl.int64)
+    u_row, delta_row, B_row, C_row = _input_bases(
+        u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, (offs_d.to(tl.int64) * length)[:, None], group,
+        stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
+    y_row = y_ptr + (seq * length)[:, None]
+    ckpt_row = ckpt_ptr + seq[:, None] * n_chunks * dstate + offs_n[None, :]
+    arange_t = tl.arange(0, BLOCK_T)
+    first = (arange_t == 0)[None, :]
+    last = (arange_t == BLOCK_T - 1)[None, :]  # masked steps pass the state through: the chunk's end state
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    for chunk in range(0, n_chunks):
+        if STORE_CKPT:
+            tl.store(ckpt_row + chunk * dstate, h, mask=mask_dn)
+        offs_t = chunk * BLOCK_T + arange_t
+        mask_t = offs_t < length
+        u, raw, dt = _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+        u += _tile_layout_hint(A_ptr, offs_d, offs_t - chunk * BLOCK_T, length)
+        dtu = dt * u
+        y = D[:, None] * u
+        h_end = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for n in tl.static_range(N_STATES):
+            A2 = tl.load(A_ptr + offs_d * dstate + n) * 1.4426950408889634
+            B = tl.load(B_row + n * length + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+            C = tl.load(C_row + n * length + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * A2[:, None])
+            x = dtu * B[None, :]
+            x = tl.where(first, x + a * _column(h, offs_n, n)[:, None], x)
+            _, states = tl.associative_scan((a, x), axis=1, combine_fn=_affine_combine)
+            y += states * C[None, :]
+            end = tl.sum(tl.where(last, states, 0.0), axis=1)
+            h_end = tl.where(offs_n[None, :] == n, end[:, None], h_end)
+        h = h_end
+        tl.store(y_row + offs_t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_t[None, :])
+    tl.store(last_ptr + seq[:, None] * dstate + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
+                      du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                      dim, length, channels_per_group, n_chunks, dstate,
+                      stride_u, stride_delta, stride_dy, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      BC_MODE: tl.constexpr, N_STATES: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d0 = pid_d * BLOCK_D
+    groups = dim // channels_per_group
+    group = d0 // channels_per_group
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = (offs_n[None, :] < dstate) & (offs_d[:, None] < dim)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    rows = (offs_d.to(tl.int64) * length)[:, None]
+    seq = (pid_b * dim + offs_d).to(tl.int64)
+    u_row, delta_row, B_row, C_row = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group, stride_u,
+                                                  stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
+    dy_row = dy_ptr + pid_b.to(tl.int64) * stride_dy + rows
+    du_row = du_ptr + (seq * length)[:, None]
+    ddelta_row = ddelta_ptr + (seq * length)[:, None]
+    if BC_MODE == 2:  # partial sums per program, (b, dim / BLOCK_D, n, L), reduced afterwards
+        bc_off = (pid_b * tl.num_programs(1) + pid_d).to(tl.int64) * dstate * length
+    else:
+        bc_off = (pid_b * groups + group).to(tl.int64) * dstate * length
+    ckpt_row = ckpt_ptr + seq[:, None] * n_chunks * dstate + offs_n[None, :]
+    arange_t = tl.arange(0, BLOCK_T)
+    first = (arange_t == 0)[None, :]
+    last = (arange_t == BLOCK_T - 1)[None, :]
+    g_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # the adjoint at the next chunk's first step
+    grad_A = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    grad_D = tl.zeros([BLOCK_D], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for step in range(0, n_chunks):
+        chunk = n_chunks - 1 - step
+        h0 = tl.load(ckpt_row + chunk * dstate, mask=mask_dn, other=0.0)
+        offs_t = chunk * BLOCK_T + arange_t
+        mask_t = offs_t < length
+        u, raw, dt = _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+        u += _tile_layout_hint(A_ptr, offs_d, offs_t - chunk * BLOCK_T, length)
+        dy = tl.load(dy_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
+        # Δ one step ahead (a_{t+1}; the next chunk's first step at the chunk's end), a_{t+1} = 0 past the end
+        mask_next = offs_t + 1 < length
+        _, _, dt_next = _state_inputs(u_row, delta_row, offs_t + 1, mask_next, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        grad_dt = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # Σ_n g·a·h_{t-1}·A
+        adj_B = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # Σ_n g·B
+        g_start = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for n in tl.static_range(N_STATES):
+            A = tl.load(A_ptr + offs_d * dstate + n)
+            A2 = A * 1.4426950408889634
+            B = tl.load(B_row + n * length + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+            C = tl.load(C_row + n * length + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * A2[:, None])
+            x = dtu * B[None, :]
+            x_carried = tl.where(first, x + a * _column(h0, offs_n, n)[:, None], x)
+            _, states = tl.associative_scan((a, x_carried), axis=1, combine_fn=_affine_combine)
+            a_next = tl.where(mask_next[None, :], tl.exp2(dt_next * A2[:, None]), 0.0)
+            q = dy * C[None, :]
+            q = tl.where(last, q + a_next * _column(g_carry, offs_n, n)[:, None], q)
+            _, adj = tl.associative_scan((a_next, q), axis=1, combine_fn=_affine_combine, reverse=True)
+            g_start = tl.where(offs_n[None, :] == n, tl.sum(tl.where(first, adj, 0.0), axis=1)[:, None], g_start)
+            # dL/d(Δ·A)_t = g_t·a_t·h_{t-1} = g_t·(h_t - x_t)
+            grad_arg = adj * (states - x)
+            grad_A += tl.where(offs_n[None, :] == n, tl.sum(grad_arg * dt, axis=1)[:, None], 0.0)
+            grad_dt += grad_arg * A[:, None]
+            adj_B += adj * B[None, :]
+            grad_B = tl.sum(adj * dtu, axis=0)
+            grad_C = tl.sum(states * dy, axis=0)
+            bc = bc_off + n * length + offs_t
+            if BC_MODE == 1:
+                tl.atomic_add(dB_ptr + bc, grad_B, mask=mask_t, sem='relaxed')
+                tl.atomic_add(dC_ptr + bc, grad_C, mask=mask_t, sem='relaxed')
+            else:
+                tl.store(dB_ptr + bc, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_t)
+                tl.store(dC_ptr + bc, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_t)
+        g_carry = g_start
+        grad_dt += u * adj_B
+        grad_u = dt * adj_B
+        if HAS_D:
+            grad_u += D[:, None] * dy
+            grad_D += tl.sum(dy * u, axis=1)
+        if SOFTPLUS:
+            grad_dt = grad_dt / (1.0 + tl.exp(-raw))
+        grad_dt = tl.where(mask_t[None, :], grad_dt, 0.0)
+        grad_bias += tl.sum(grad_dt, axis=1)
+        tl.store(du_row + offs_t[None, :], grad_u.to(du_ptr.dtype.element_ty), mask=mask_t[None, :])
+        tl.store(ddelta_row + offs_t[None, :], grad_dt.to(ddelta_ptr.dtype.element_ty), mask=mask_t[None, :])
+    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn, sem='relaxed')
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, grad_D, sem='relaxed')
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, grad_bias, sem='relaxed')
 
 
 # --- launch configuration -----------------------------------------------------------------------------------------
 
 BC_MODES = {'store': 0, 'atomic': 1, 'partial': 2}
-KERNELS = ('seq', 'scan')
+KERNELS = ('seq', 'scan', 'state')
 
 # Overrides of the per-shape default config (tools/benchmark_scan.py --tune sweeps them; tests pin variants):
-#   kernel      'seq' (sequential steps per thread, segments linked by a scan) or 'scan' (associative scan of
-#               whole (BLOCK_D, d_state, BLOCK_T) chunks)
+#   kernel      'seq' (sequential steps per thread, segments linked by a scan), 'scan' (associative scan of
+#               whole (BLOCK_D, d_state, BLOCK_T) chunks) or 'state' (a loop over the states, an associative scan
+#               of a (BLOCK_D, BLOCK_T) chunk each)
 #   BLOCK_D     channels per program (must divide the channels per group)
-#   BLOCK_T     'scan': steps per chunk
+#   BLOCK_T     'scan', 'state': steps per chunk
 #   SEGS, STEPS 'seq': segments per chunk (power of 2) and steps per segment (chunk = SEGS·STEPS steps)
 #   num_warps   warps per program
 #   bc          how dB/dC (shared by a group's channels) are summed over channel blocks: 'atomic' (fp32 atomics
@@ -487,18 +694,19 @@ _TUNING: dict = {}
 
 
 def _default_config(batch: int, dim: int, channels_per_group: int, length: int, dstate: int) -> dict:
-    """The default config for a shape (keys as in ``_TUNING``): the 'scan' kernel with ``_scan_block_sizes``.
+    """The default config for a shape (keys as in ``_TUNING``): the 'state' kernel with ``_state_block_sizes``.
 
-    The 'seq' kernels are opt-in (``_TUNING``). An fp32 sweep on an H100 favoured them for short sequences
+    On an H200 (2026-11-28, fp16) its forward matched or beat the CUDA kernel's GPU time and its backward took
+    1.2-2.3x the CUDA kernel's, against 3.6x for 'scan' (README, Selective scan: Speed). Before it, 'scan' was the
+    default; the 'seq' kernels are opt-in (``_TUNING``). An fp32 sweep on an H100 favoured them for short sequences
     (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan'; 2×320×3136: 0.91 vs 1.10), but as the default, in fp16 at
     128×160×196 they measured 1.98 ms against the CUDA kernel's 0.74 (no better than 'scan'), and MambaVision-T's
     eager throughput with them fell to 8696 img/s from 10557 with 'scan' (H100, 2026-11-27; both runs with
-    channels_last; a CUDA graph brought it to 13716, so the loss is host-side launch cost). Until a same-run
-    comparison says otherwise, the default stays the kernel verified on the GPU at every shape and dtype.
+    channels_last; a CUDA graph brought it to 13716, so the loss is host-side launch cost).
     ``tools/benchmark_scan.py --tune`` re-measures.
     """
-    block_d, block_t, num_warps = _scan_block_sizes(batch, dim, channels_per_group, length, dstate)
-    return dict(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps, bc='auto')
+    block_d, block_t, num_warps = _state_block_sizes(batch, dim, channels_per_group, length)
+    return dict(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps, bc='auto')
 
 
 def _scan_block_sizes(batch: int, dim: int, channels_per_group: int, length: int,
@@ -518,6 +726,14 @@ def _scan_block_sizes(batch: int, dim: int, channels_per_group: int, length: int
     return block_d, block_t, 4
 
 
+def _state_block_sizes(batch: int, dim: int, channels_per_group: int, length: int) -> Tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_T, num_warps) for the 'state' kernel: one channel per program, the whole sequence as one
+    chunk up to 2048 steps, 8 steps per thread (H200, fp16, backward kernel time at 128×160×196: one channel
+    0.31 ms, two 0.82, four 1.0; 4 steps per thread 0.44)."""
+    block_t = max(16, min(triton.next_power_of_2(length), 2048))
+    return 1, block_t, max(1, block_t // 256)
+
+
 def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
     """The default config for the shape with ``_TUNING`` applied, checked and completed (BLOCK_N, chunk, bc)."""
     config = _default_config(batch, dim, channels_per_group, length, dstate)
@@ -528,6 +744,9 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
             config = dict(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='auto')
         elif kernel == 'seq':
             config = dict(kernel='seq', BLOCK_D=1, SEGS=16, STEPS=4, num_warps=4, bc='auto')
+        elif kernel == 'state':
+            block_d, block_t, warps = _state_block_sizes(batch, dim, channels_per_group, length)
+            config = dict(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='auto')
         else:
             raise ValueError(f'unknown kernel {kernel!r}; one of {KERNELS}')
     config.update(_TUNING)
@@ -541,6 +760,9 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
         config['chunk'] = config['SEGS'] * config['STEPS']
     else:
         config['chunk'] = config['BLOCK_T']
+    if config['kernel'] == 'state':
+        config['N_STATES'] = dstate
+    config['fwd'], config['bwd'] = f"_{config['kernel']}_fwd_kernel", f"_{config['kernel']}_bwd_kernel"
     bc = config.get('bc', 'auto')
     if bc == 'auto':
         bc = 'store' if block_d == channels_per_group else 'atomic'
@@ -556,6 +778,8 @@ def _kernel_args(config: dict) -> dict:
         args.update(SEGS=config['SEGS'], STEPS=config['STEPS'])
     else:
         args.update(BLOCK_T=config['BLOCK_T'])
+    if config['kernel'] == 'state':
+        args.update(N_STATES=config['N_STATES'])
     if 'num_stages' in config:
         args['num_stages'] = config['num_stages']
     return args
@@ -633,7 +857,7 @@ def _forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
     y = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
     last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
     ckpt = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device) if store_ckpt else None
-    kernel = _seq_fwd_kernel if config['kernel'] == 'seq' else _scan_fwd_kernel
+    kernel = globals()[config['fwd']]  # a module global at each launch: tests stand in for kernels
     kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
                  y, ckpt if store_ckpt else last, last, dim, length, cpg, n_chunks, dstate,
                  u.stride(0), delta.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
@@ -686,7 +910,7 @@ class TritonSelectiveScan(torch.autograd.Function):
         dA = small[:dim * dstate].view(dim, dstate)
         dD = small[dim * dstate:dim * (dstate + 1)]
         dbias = small[dim * (dstate + 1):]
-        kernel = _seq_bwd_kernel if config['kernel'] == 'seq' else _scan_bwd_kernel
+        kernel = globals()[config['bwd']]
         kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
                      grad_y, ckpt, du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
                      u.stride(0), delta.stride(0), grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0),
