@@ -639,7 +639,9 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
             q = dy * C[None, :]
             q = tl.where(last, q + a_next * _column(g_carry, offs_n, n)[:, None], q)
             _, adj = tl.associative_scan((a_next, q), axis=1, combine_fn=_affine_combine, reverse=True)
-            g_start = tl.where(offs_n[None, :] == n, tl.sum(tl.where(first, adj, 0.0), axis=1)[:, None], g_start)
+            if chunk > 0:  # the adjoint at the chunk's first step, for the chunk before (none for the first)
+                g_first = tl.sum(tl.where(first, adj, 0.0), axis=1)
+                g_start = tl.where(offs_n[None, :] == n, g_first[:, None], g_start)
             # dL/d(Δ·A)_t = g_t·a_t·h_{t-1} = g_t·(h_t - x_t)
             grad_arg = adj * (states - x)
             grad_A += tl.where(offs_n[None, :] == n, tl.sum(grad_arg * dt, axis=1)[:, None], 0.0)
