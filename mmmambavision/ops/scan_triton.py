@@ -78,6 +78,18 @@ def _chunk_inputs(u_row, delta_row, B_row, offs_t, mask_t, offs_n, mask_n, lengt
 
 
 @triton.jit
+def _channel_vectors(bias_ptr, D_ptr, offs, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """delta_bias and D at the channels ``offs`` (any shape), fp32; zeros where the scan has none."""
+    bias = tl.zeros(offs.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs).to(tl.float32)
+    D = tl.zeros(offs.shape, dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs).to(tl.float32)
+    return bias, D
+
+
+@triton.jit
 def _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group,
                  stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg):
     """Where this program reads its inputs: u and delta at ``rows`` (the channels' row offsets inside one batch
@@ -87,6 +99,35 @@ def _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group,
     group = group.to(tl.int64)
     return (u_ptr + batch * stride_u + rows, delta_ptr + batch * stride_delta + rows,
             B_ptr + batch * stride_Bb + group * stride_Bg, C_ptr + batch * stride_Cb + group * stride_Cg)
+
+
+@triton.jit
+def _store_input_grads(grad_dt, adj_B, u, dt, dy, raw, D, mask_t, offs_t, du_row, ddelta_row,
+                       HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Stores du and dΔ of one (BLOCK_D, BLOCK_T) chunk, given Σ_n g·a·h_{t-1}·A (``grad_dt``) and Σ_n g·B
+    (``adj_B``); returns the chunk's dD and ddelta_bias terms, (BLOCK_D,) each."""
+    grad_dt += u * adj_B
+    grad_u = dt * adj_B
+    grad_D = tl.sum(dy * u, axis=1)
+    if HAS_D:
+        grad_u += D[:, None] * dy
+    if SOFTPLUS:
+        grad_dt = grad_dt / (1.0 + tl.exp(-raw))
+    grad_dt = tl.where(mask_t[None, :], grad_dt, 0.0)
+    tl.store(du_row + offs_t[None, :], grad_u.to(du_row.dtype.element_ty), mask=mask_t[None, :])
+    tl.store(ddelta_row + offs_t[None, :], grad_dt.to(ddelta_row.dtype.element_ty), mask=mask_t[None, :])
+    return grad_D, tl.sum(grad_dt, axis=1)
+
+
+@triton.jit
+def _add_param_grads(dA_ptr, dD_ptr, dbias_ptr, offs_d, offs_n, dstate, mask_dn, grad_A, grad_D, grad_bias,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Adds a program's dA (BLOCK_D, BLOCK_N), dD and ddelta_bias (BLOCK_D,) into the shared fp32 buffers."""
+    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn, sem='relaxed')
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, grad_D, sem='relaxed')
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, grad_bias, sem='relaxed')
 
 
 @triton.jit
@@ -104,12 +145,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_p
     mask_n = offs_n < dstate
     mask_dn = mask_n[None, :] & (offs_d[:, None] < dim)
     A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    D = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d, HAS_BIAS, HAS_D)
     seq = (pid_b * dim + offs_d).to(tl.int64) * length  # (BLOCK_D,) row offsets into the outputs (b, d, L)
     u_row, delta_row, B_row, C_row = _input_bases(
         u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, (offs_d.to(tl.int64) * length)[:, None], group,
@@ -157,12 +193,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
     mask_dn = mask_n[None, :] & (offs_d[:, None] < dim)
     A = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0)
     A2 = A * 1.4426950408889634
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    D = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d, HAS_BIAS, HAS_D)
     rows = (offs_d.to(tl.int64) * length)[:, None]  # row offsets inside one batch entry of u, delta, dy
     seq = (pid_b * dim + offs_d).to(tl.int64) * length  # row offsets into the contiguous du, ddelta
     u_row, delta_row, B_row, C_row = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group, stride_u,
@@ -213,17 +244,10 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         grad_arg = adj * (states - x)
         grad_A += tl.sum(grad_arg * dt[:, None, :], axis=2)
         adj_B = tl.sum(adj * B[None, :, :], axis=1)
-        grad_dt = tl.sum(grad_arg * A[:, :, None], axis=1) + u * adj_B
-        grad_u = dt * adj_B
-        if HAS_D:
-            grad_u += D[:, None] * dy
-            grad_D += tl.sum(dy * u, axis=1)
-        if SOFTPLUS:
-            grad_dt = grad_dt / (1.0 + tl.exp(-delta_raw))
-        grad_dt = tl.where(mask_t[None, :], grad_dt, 0.0)
-        grad_bias += tl.sum(grad_dt, axis=1)
-        tl.store(du_row + offs_t[None, :], grad_u.to(du_ptr.dtype.element_ty), mask=mask_t[None, :])
-        tl.store(ddelta_row + offs_t[None, :], grad_dt.to(ddelta_ptr.dtype.element_ty), mask=mask_t[None, :])
+        chunk_D, chunk_bias = _store_input_grads(tl.sum(grad_arg * A[:, :, None], axis=1), adj_B, u, dt, dy,
+                                                 delta_raw, D, mask_t, offs_t, du_row, ddelta_row, HAS_D, SOFTPLUS)
+        grad_D += chunk_D
+        grad_bias += chunk_bias
         grad_B = tl.sum(adj * (dt * u)[:, None, :], axis=0)
         grad_C = tl.sum(states * dy[:, None, :], axis=0)
         bc_offs = offs_n[:, None] * length + offs_t[None, :]
@@ -233,11 +257,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         else:
             tl.store(dB_row + bc_offs, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_nt)
             tl.store(dC_row + bc_offs, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_nt)
-    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn, sem='relaxed')
-    if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, grad_D, sem='relaxed')
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, grad_bias, sem='relaxed')
+    _add_param_grads(dA_ptr, dD_ptr, dbias_ptr, offs_d, offs_n, dstate, mask_dn, grad_A, grad_D, grad_bias, HAS_D,
+                     HAS_BIAS)
 
 
 # --- the sequential variant ('seq') -----------------------------------------------------------------------------
@@ -300,12 +321,7 @@ def _seq_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_pt
     mask_n = offs_n3 < dstate
     mask_dn = mask_n & (offs_d3 < dim)
     A2 = tl.load(A_ptr + offs_d3 * dstate + offs_n3, mask=mask_dn, other=0.0) * 1.4426950408889634
-    bias = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d3).to(tl.float32)
-    D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d3).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d3, HAS_BIAS, HAS_D)
     seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous outputs
     u_base, delta_base, B_block, C_block = _input_bases(
         u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, offs_d3.to(tl.int64) * length, group,
@@ -362,12 +378,7 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
     mask_dn = mask_n & (offs_d3 < dim)
     A = tl.load(A_ptr + offs_d3 * dstate + offs_n3, mask=mask_dn, other=0.0)
     A2 = A * 1.4426950408889634
-    bias = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d3).to(tl.float32)
-    D = tl.zeros([BLOCK_D, 1, 1], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d3).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d3, HAS_BIAS, HAS_D)
     rows = offs_d3.to(tl.int64) * length  # row offsets inside one batch entry of u, delta, dy
     seq = (pid_b * dim + offs_d3).to(tl.int64)  # (b, d) index of the contiguous du, ddelta, checkpoints
     u_base, delta_base, B_block, C_block = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group,
@@ -528,12 +539,7 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_dn = (offs_n[None, :] < dstate) & (offs_d[:, None] < dim)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    D = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d, HAS_BIAS, HAS_D)
     seq = (pid_b * dim + offs_d).to(tl.int64)
     u_row, delta_row, B_row, C_row = _input_bases(
         u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, (offs_d.to(tl.int64) * length)[:, None], group,
@@ -586,12 +592,7 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_dn = (offs_n[None, :] < dstate) & (offs_d[:, None] < dim)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    D = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d).to(tl.float32)
+    bias, D = _channel_vectors(bias_ptr, D_ptr, offs_d, HAS_BIAS, HAS_D)
     rows = (offs_d.to(tl.int64) * length)[:, None]
     seq = (pid_b * dim + offs_d).to(tl.int64)
     u_row, delta_row, B_row, C_row = _input_bases(u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, rows, group, stride_u,
@@ -657,22 +658,12 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
                 tl.store(dB_ptr + bc, grad_B.to(dB_ptr.dtype.element_ty), mask=mask_t)
                 tl.store(dC_ptr + bc, grad_C.to(dC_ptr.dtype.element_ty), mask=mask_t)
         g_carry = g_start
-        grad_dt += u * adj_B
-        grad_u = dt * adj_B
-        if HAS_D:
-            grad_u += D[:, None] * dy
-            grad_D += tl.sum(dy * u, axis=1)
-        if SOFTPLUS:
-            grad_dt = grad_dt / (1.0 + tl.exp(-raw))
-        grad_dt = tl.where(mask_t[None, :], grad_dt, 0.0)
-        grad_bias += tl.sum(grad_dt, axis=1)
-        tl.store(du_row + offs_t[None, :], grad_u.to(du_ptr.dtype.element_ty), mask=mask_t[None, :])
-        tl.store(ddelta_row + offs_t[None, :], grad_dt.to(ddelta_ptr.dtype.element_ty), mask=mask_t[None, :])
-    tl.atomic_add(dA_ptr + offs_d[:, None] * dstate + offs_n[None, :], grad_A, mask=mask_dn, sem='relaxed')
-    if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, grad_D, sem='relaxed')
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, grad_bias, sem='relaxed')
+        chunk_D, chunk_bias = _store_input_grads(grad_dt, adj_B, u, dt, dy, raw, D, mask_t, offs_t, du_row,
+                                                 ddelta_row, HAS_D, SOFTPLUS)
+        grad_D += chunk_D
+        grad_bias += chunk_bias
+    _add_param_grads(dA_ptr, dD_ptr, dbias_ptr, offs_d, offs_n, dstate, mask_dn, grad_A, grad_D, grad_bias, HAS_D,
+                     HAS_BIAS)
 
 
 # --- launch configuration -----------------------------------------------------------------------------------------
