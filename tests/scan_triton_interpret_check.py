@@ -208,6 +208,14 @@ def check_launch_cache():
     ok &= scan_triton._cached_launch(2, 8, 8, 50, 8)[0]['chunk'] == 8
     scan_triton._TUNING.clear()
     ok &= scan_triton._cached_launch(2, 8, 8, 50, 8) is first
+    for bad in (0, 9):  # states unrolled per iteration: 1 to d_state
+        scan_triton._TUNING.update(kernel='state', UNROLL=bad)
+        try:
+            scan_triton._cached_launch(2, 8, 8, 50, 8)
+            ok = False
+        except ValueError as error:
+            ok &= 'UNROLL' in str(error)
+    scan_triton._TUNING.clear()
     print(f"{'ok  ' if ok else 'FAIL'} launch config cache follows _TUNING", flush=True)
     return ok
 
@@ -218,11 +226,13 @@ def main():
     seq1 = dict(kernel='seq', SEGS=1, STEPS=4)
     seqs = dict(kernel='seq', SEGS=4, STEPS=3)  # chunks of 12 steps: L=40 ends inside a segment
     state = dict(kernel='state', BLOCK_T=16)
+    state_loop = dict(state, UNROLL=1)  # the loop over states at run time instead of unrolled
     results = []
     for length in (1, 7, 49):  # the per-shape default config
         results.append(check(f'fp32 L={length} default', make_inputs(2, 4, length, 8, None, f32), TOLERANCE[f32], {},
                              delta_softplus=True))
-    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state)):
+    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state),
+                         ('state loop', state_loop)):
         # several chunks; several channels per program with dB/dC atomics, per-program partial sums, or (one
         # program per group) plain stores; groups > 1
         for bc in ('atomic', 'partial'):

@@ -157,6 +157,7 @@ TRITON_CONFIGS = {
     'state-atomic': dict(kernel='state', BLOCK_D=4, BLOCK_T=256, num_warps=4, bc='atomic'),
     'state-partial': dict(kernel='state', BLOCK_D=2, BLOCK_T=512, num_warps=4, bc='partial'),
     'state-long': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic'),
+    'state-loop': dict(kernel='state', BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=1),
 }
 _truth_cache = {}
 

@@ -232,6 +232,8 @@ def tune_candidates(shape, dstate, level):
     # 'state': its heuristic, then chunk length × channels per program × warps around 8 values per thread
     block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
+    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=1)
+    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
     longest = triton_next_pow2(length)
     for block_t in (64, 128, 256, 512, 1024, 2048):
         if block_t > max(64, longest) or (level != 'full' and block_t < min(256, longest)):
@@ -278,7 +280,8 @@ def bench_triton_config(inputs, device, config, scan_triton):
 def config_name(config):
     if config is None:
         return 'default'
-    short = {'kernel': '', 'BLOCK_D': 'D', 'BLOCK_T': 'T', 'SEGS': 'S', 'STEPS': 'K', 'num_warps': 'w', 'bc': ''}
+    short = {'kernel': '', 'BLOCK_D': 'D', 'BLOCK_T': 'T', 'SEGS': 'S', 'STEPS': 'K', 'num_warps': 'w', 'bc': '',
+             'UNROLL': 'unroll'}
     return ' '.join(f'{short.get(k, k)}{v}' for k, v in config.items())
 
 
