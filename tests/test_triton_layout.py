@@ -1,4 +1,4 @@
-"""The 'state' Triton kernels' register layout, checked on CPU by compiling them for an H100 (sm_90).
+"""The Triton scan kernels compiled for an H100 (sm_90) on CPU: register layout of the scans, resource use.
 
 The scans over time are fast only when each thread holds consecutive steps (the scan runs inside the thread, then
 across threads once). Triton lays a tile out by the widest aligned memory access it is tied to; rows of length
@@ -6,69 +6,54 @@ L % 16 != 0 (196, 49: MambaVision's classification windows) start unaligned, and
 (``_tile_layout_hint``) their tiles got one step per thread in 32-step stripes across warps: the backward ran at
 about a third of its speed. Compiling needs no GPU (Triton ships the sm_90 toolchain); skipped without Triton.
 """
-import re
+import importlib.util
+import os.path as osp
 
 import pytest
 
-triton = pytest.importorskip('triton')
+pytest.importorskip('triton')
 try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-except ImportError:  # pragma: no cover - a Triton without these public compiler entry points
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
+except ImportError:  # pragma: no cover - a Triton without these compiler entry points
     pytest.skip('this Triton has no ASTSource/GPUTarget', allow_module_level=True)
 
-from mmmambavision.ops import scan_triton  # noqa: E402
-
-HALF = ('u_ptr', 'delta_ptr', 'B_ptr', 'C_ptr', 'y_ptr', 'dy_ptr', 'du_ptr', 'ddelta_ptr')
-STRIDES = ('stride_u', 'stride_delta', 'stride_dy', 'stride_Bb', 'stride_Bg', 'stride_Cb', 'stride_Cg', 'dim',
-           'channels_per_group')
-
-
-def compile_ttgir(kernel, constants, num_warps):
-    """TritonGPU IR of ``kernel`` for sm_90: fp16 activations, fp32 parameters; pointers 16-byte aligned, strides
-    multiples of 16 (as for contiguous inputs), the length not (L = 196)."""
-    names = kernel.arg_names
-    signature = {}
-    for name in names:
-        if name in constants:
-            signature[name] = 'constexpr'
-        elif name.endswith('_ptr'):
-            signature[name] = '*fp16' if name in HALF else '*fp32'
-        else:
-            signature[name] = 'i32'
-    aligned = {(i,): [['tt.divisibility', 16]] for i, name in enumerate(names)
-               if name.endswith('_ptr') or name in STRIDES}
-    source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
-                       constexprs={(names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=num_warps)).asm['ttgir']
-
-
-def scan_layouts(ttgir):
-    """(shape, sizePerThread) of every tt.scan's operands."""
-    encodings = {name: [int(v) for v in per_thread.split(',')] for name, per_thread in
-                 re.findall(r'^#(\w+) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\]', ttgir, re.M)}
-    lines = ttgir.splitlines()
-    found = []
-    for i, line in enumerate(lines):
-        if 'tt.scan.return' in line:
-            match = re.search(r'\}\) : \(tensor<([\dx]+)xf32, #(\w+)>', lines[i + 1])
-            assert match, lines[i + 1]
-            assert match.group(2) in encodings, f'scan operand layout #{match.group(2)} is not a blocked layout'
-            found.append((match.group(1), encodings[match.group(2)]))
-    return found
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location('_tool_scan_kernel_stats', osp.join(REPO, 'tools',
+                                                                                   'scan_kernel_stats.py'))
+stats = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stats)
 
 
 @pytest.mark.parametrize('part', ['fwd', 'bwd'])
 def test_state_kernel_scans_hold_consecutive_steps_per_thread_at_unaligned_lengths(part):
-    config, kernel_args, _, _ = scan_triton._cached_launch(128, 160, 160, 196, 8)  # the default at L = 196
+    kernel, config, constants, num_warps = stats.launch_constants(128, 160, 196, 8, part, {})  # the default
     assert config['kernel'] == 'state'
-    constants = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, **kernel_args)
-    num_warps = constants.pop('num_warps')
-    if part == 'fwd':
-        constants['STORE_CKPT'] = True
-    else:
-        constants['BC_MODE'] = scan_triton.BC_MODES['atomic']
-    layouts = scan_layouts(compile_ttgir(getattr(scan_triton, f'_state_{part}_kernel'), constants, num_warps))
-    assert len(layouts) == (1 if part == 'fwd' else 2) * constants['N_STATES'], layouts
+    ttgir = stats.compile_kernel(kernel, constants, num_warps).asm['ttgir']
+    layouts = stats.scan_layouts(ttgir)
+    assert len(layouts) == (1 if part == 'fwd' else 2) * config['N_STATES'], layouts
     for shape, per_thread in layouts:
         assert per_thread[-1] >= 4, f'scan over a {shape} tile with sizePerThread {per_thread}: steps striped'
+
+
+def test_unroll_1_loops_over_the_states_at_run_time():
+    """UNROLL=1 compiles one state's code instead of d_state copies: fewer instructions and registers."""
+    usage = {}
+    for unroll in (8, 1):
+        kernel, config, constants, num_warps = stats.launch_constants(128, 160, 196, 8, 'bwd', dict(UNROLL=unroll))
+        assert config['UNROLL'] == unroll
+        usage[unroll] = stats.resource_usage(stats.compile_kernel(kernel, constants, num_warps))
+    for key in ('registers', 'instructions', 'mufu', 'shfl'):
+        assert 0 < usage[1][key] < usage[8][key], (key, usage)
+    assert usage[8]['registers'] <= 255 and usage[8]['spill'] == 0, usage[8]
+
+
+def test_tool_prints_a_row_per_kernel(capsys, monkeypatch):
+    monkeypatch.setattr('sys.argv', ['scan_kernel_stats.py', '--shapes', '2x16x49', '--tuning', 'BLOCK_T=64'])
+    stats.main()
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].split()[:3] == ['shape', 'part', 'config'] and len(rows) == 3
+    for row, part in zip(rows[1:], ('fwd', 'bwd')):
+        fields = row.split()
+        assert fields[:2] == ['2x16x49', part] and 'BLOCK_T=64' in row
+        assert 0 < int(fields[-11]) <= 255  # registers per thread
