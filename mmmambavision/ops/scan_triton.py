@@ -6,10 +6,11 @@ every chunk start as a checkpoint in the forward, and in the backward walk the c
 chunk's states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
 
 ``state``: a program owns BLOCK_D channels (one by default) and chunks of BLOCK_T steps and loops over the d_state
-states, unrolled. Each state's recurrence is one ``tl.associative_scan`` over time of a (BLOCK_D, BLOCK_T) tile;
-the sums over states (y, and the gradients of Δ and u) accumulate in registers. The backward runs the adjoint
-``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse scan per state. ``_tile_layout_hint`` keeps each thread on
-consecutive steps when rows start unaligned (L % 16 != 0), which decides its speed.
+states (unrolled unless ``UNROLL`` says otherwise). Each state's recurrence is one ``tl.associative_scan`` over
+time of a (BLOCK_D, BLOCK_T) tile; the sums over states (y, and the gradients of Δ and u) accumulate in registers.
+The backward runs the adjoint ``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse scan per state.
+``_tile_layout_hint`` keeps each thread on consecutive steps when rows start unaligned (L % 16 != 0), which
+decides its speed.
 
 ``seq``: a program owns a (BLOCK_D channels, SEGS segments, d_state) tile; a chunk is SEGS consecutive segments of
 STEPS steps. Every thread walks its segment step by step (the steps are unrolled statically), so the recurrence
@@ -57,19 +58,30 @@ def _softplus(x):
 
 
 @triton.jit
+def _load_rows(rows, offs_t, mask_t):
+    """One chunk of (BLOCK_D,) rows as a (BLOCK_D, BLOCK_T) fp32 tile, 0 on masked steps."""
+    return tl.load(rows + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_chunk(delta_row, offs_t, mask_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw delta(+bias) and Δ of one chunk, (BLOCK_D, BLOCK_T); Δ = 0 on masked steps (a = 1, x = 0)."""
+    raw = _load_rows(delta_row, offs_t, mask_t)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return raw, tl.where(mask_t[None, :], dt, 0.0)
+
+
+@triton.jit
 def _chunk_inputs(u_row, delta_row, B_row, offs_t, mask_t, offs_n, mask_n, length,
                   A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Loads one chunk; returns u, raw delta(+bias), Δ (BLOCK_D, T), B (N, T), a and x (BLOCK_D, N, T)."""
-    mask_dt = mask_t[None, :]
-    u = tl.load(u_row + offs_t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-    delta_raw = tl.load(delta_row + offs_t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        delta_raw = delta_raw + bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(delta_raw)
-    else:
-        dt = delta_raw
-    dt = tl.where(mask_dt, dt, 0.0)
+    u = _load_rows(u_row, offs_t, mask_t)
+    delta_raw, dt = _delta_chunk(delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
     mask_nt = mask_n[:, None] & mask_t[None, :]
     B = tl.load(B_row + offs_n[:, None] * length + offs_t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
     a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # Δ = 0 on masked steps: a = 1 passes the state through
@@ -230,12 +242,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_
         # a_{t+1}: Δ one step ahead (the first step of the next chunk at the chunk end), 0 past the end
         offs_next = offs_t + 1
         mask_next = offs_next < length
-        delta_next = tl.load(delta_row + offs_next[None, :], mask=mask_next[None, :], other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            delta_next = delta_next + bias[:, None]
-        if SOFTPLUS:
-            delta_next = _softplus(delta_next)
-        a_next = tl.where(mask_next[None, None, :], tl.exp2(delta_next[:, None, :] * A2[:, :, None]), 0.0)
+        _, dt_next = _delta_chunk(delta_row, offs_next, mask_next, bias, HAS_BIAS, SOFTPLUS)
+        a_next = tl.where(mask_next[None, None, :], tl.exp2(dt_next[:, None, :] * A2[:, :, None]), 0.0)
         q = dy[:, None, :] * C[None, :, :]
         q = tl.where((arange_t == BLOCK_T - 1)[None, None, :], q + a_next * g_next[:, :, None], q)
         _, adj = tl.associative_scan((a_next, q), axis=2, combine_fn=_affine_combine, reverse=True)
@@ -487,10 +495,10 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
 
 # --- the state-loop variant ('state') -----------------------------------------------------------------------------
 # A program owns (BLOCK_D, BLOCK_T) tiles: BLOCK_D channels × a chunk of BLOCK_T steps, and loops over the d_state
-# states (statically unrolled). Each state's recurrence is one associative scan over time of a 2-D tile, so the
-# sums over the states (y, and Δ's and u's gradients) accumulate in registers instead of being reduced across
-# threads, and the tile holds a thread's steps consecutively (the scan walks them sequentially before any
-# cross-thread step). The carried states and adjoints, one (BLOCK_D,) column per state, live in a (BLOCK_D,
+# states (unrolled by default, ``UNROLL``). Each state's recurrence is one associative scan over time of a 2-D
+# tile, so the sums over the states (y, and Δ's and u's gradients) accumulate in registers instead of being
+# reduced across threads, and the tile holds a thread's steps consecutively (the scan walks them sequentially
+# before any cross-thread step). The carried states and adjoints, one (BLOCK_D,) column per state, live in a (BLOCK_D,
 # BLOCK_N) tile between chunks.
 
 
@@ -510,20 +518,6 @@ def _tile_layout_hint(any_ptr, offs_d, offs_t, length):
     byte_ptr = any_ptr.to(tl.pointer_type(tl.int8))
     never = (offs_t + length < 0)[None, :]
     return tl.load(byte_ptr + (offs_d * 0)[:, None] + offs_t[None, :], mask=never, other=0).to(tl.float32)
-
-
-@triton.jit
-def _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """u, raw delta(+bias) and Δ of one chunk, (BLOCK_D, BLOCK_T); Δ = 0 on masked steps (a = 1, x = 0)."""
-    u = tl.load(u_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
-    raw = tl.load(delta_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        raw = raw + bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    else:
-        dt = raw
-    return u, raw, tl.where(mask_t[None, :], dt, 0.0)
 
 
 @triton.jit
@@ -555,8 +549,9 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
             tl.store(ckpt_row + chunk * dstate, h, mask=mask_dn)
         offs_t = chunk * BLOCK_T + arange_t
         mask_t = offs_t < length
-        u, raw, dt = _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+        u = _load_rows(u_row, offs_t, mask_t)
         u += _tile_layout_hint(A_ptr, offs_d, offs_t - chunk * BLOCK_T, length)
+        raw, dt = _delta_chunk(delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         y = D[:, None] * u
         h_end = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -617,12 +612,13 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
         h0 = tl.load(ckpt_row + chunk * dstate, mask=mask_dn, other=0.0)
         offs_t = chunk * BLOCK_T + arange_t
         mask_t = offs_t < length
-        u, raw, dt = _state_inputs(u_row, delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+        u = _load_rows(u_row, offs_t, mask_t)
         u += _tile_layout_hint(A_ptr, offs_d, offs_t - chunk * BLOCK_T, length)
-        dy = tl.load(dy_row + offs_t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
+        raw, dt = _delta_chunk(delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+        dy = _load_rows(dy_row, offs_t, mask_t)
         # Δ one step ahead (a_{t+1}; the next chunk's first step at the chunk's end), a_{t+1} = 0 past the end
         mask_next = offs_t + 1 < length
-        _, _, dt_next = _state_inputs(u_row, delta_row, offs_t + 1, mask_next, bias, HAS_BIAS, SOFTPLUS)
+        _, dt_next = _delta_chunk(delta_row, offs_t + 1, mask_next, bias, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         grad_dt = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # Σ_n g·a·h_{t-1}·A
         adj_B = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # Σ_n g·B
