@@ -61,15 +61,18 @@ class KernelSpy:
     def __init__(self, kernel):
         self.kernel = kernel
         self.calls = []
+        self.grids = []
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.calls.append((args, kwargs))
+            self.grids.append(tuple(grid))
             return self.kernel[grid](*args, **kwargs)
         return launch
 
 
-KERNEL_NAMES = tuple(f'_{family}_{part}_kernel' for family in scan_triton.KERNELS for part in ('fwd', 'bwd'))
+KERNEL_NAMES = tuple(f'_{family}_{part}_kernel' for family in scan_triton.KERNELS
+                     for part in ('fwd', 'bwd')) + ('_state_carry_kernel',)
 
 
 @contextmanager
@@ -138,12 +141,15 @@ def check_strided(name, leaves, scan_inputs, tolerance, tuning, in_place, **kwar
     ok = (finite and y.dtype == views['u'].dtype and all(e <= tolerance for e in errors.values())
           and all(g.dtype == leaves[k].dtype and g.shape == leaves[k].shape for k, g in zip(names, grads)))
     fwd, bwd = spies[f'_{family}_fwd_kernel'].calls, spies[f'_{family}_bwd_kernel'].calls
-    launched = len(fwd) == 1 and len(bwd) == 1 and sum(len(s.calls) for s in spies.values()) == 2
+    carry = spies['_state_carry_kernel'].calls  # the chunk-parallel backward's first pass (BWD_T)
+    split = int(bool(tuning.get('BWD_T')))
+    launched = (len(fwd) == 1 and len(bwd) == 1 and len(carry) == split
+                and sum(len(s.calls) for s in spies.values()) == 2 + split)
     layout_ok = launched
     if launched:
         for position, key in ((0, 'u'), (3, 'B'), (4, 'C')):
             got, view = fwd[0][0][position], views[key]
-            for passed in (got, bwd[0][0][position]):
+            for passed in [got, bwd[0][0][position]] + ([carry[0][0][2]] if split and key == 'C' else []):
                 same = passed.data_ptr() == view.data_ptr() and passed.stride() == view.stride()
                 layout_ok &= same if in_place else passed.is_contiguous() and not same
         layout_ok &= fwd[0][1]['STORE_CKPT'] is True
@@ -195,6 +201,48 @@ def check_no_grad(name, leaves, scan_inputs, tuning, **kwargs):
     return ok
 
 
+def refused(key, values, **tuning):
+    """Every value of ``key`` (with ``tuning``) makes the launch config raise a ValueError that names the key."""
+    ok = True
+    for bad in values:
+        scan_triton._TUNING.clear()
+        scan_triton._TUNING.update(tuning, **{key: bad})
+        try:
+            scan_triton._cached_launch(2, 8, 8, 50, 8)
+            ok = False
+        except ValueError as error:
+            ok &= key in str(error)
+    scan_triton._TUNING.clear()
+    return ok
+
+
+def check_split_launches():
+    """BWD_T: the forward stores a checkpoint every BWD_T steps, the backward runs a carry pass and then one
+    program per chunk (3-D grids); without it, no carry pass and one program per channel block."""
+    inputs = make_inputs(2, 4, 40, 8, None, torch.float32)
+    ok = True
+    for bwd_t, chunks in ((8, 5), (0, 3)):
+        scan_triton._TUNING.clear()
+        scan_triton._TUNING.update(kernel='state', BLOCK_T=16, BWD_T=bwd_t, BLOCK_D=2)
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        with spying() as spies:
+            y = selective_scan(**leaves, backend='triton', delta_softplus=True)
+            y.sum().backward()
+        fwd, bwd, carry = (spies[f'_state_{k}_kernel'] for k in ('fwd', 'bwd', 'carry'))
+        ckpt = fwd.calls[0][0][8]
+        want_grid = (2, 2, chunks) if bwd_t else (2, 2)
+        good = (ckpt.shape == (2, 4, chunks, 8) and fwd.calls[0][1]['CKPT_T'] == (bwd_t or 16)
+                and fwd.grids == [(2, 2)] and bwd.grids == [want_grid]
+                and carry.grids == ([want_grid] if bwd_t else []) and bwd.calls[0][1]['SPLIT'] is bool(bwd_t))
+        if not good:
+            print(f'     BWD_T={bwd_t}: checkpoints {tuple(ckpt.shape)}, grids fwd {fwd.grids} bwd {bwd.grids} '
+                  f'carry {carry.grids}')
+        ok &= good
+    ok &= refused('BWD_T', (3, 32), kernel='state', BLOCK_T=16)  # a power of 2 up to BLOCK_T
+    print(f"{'ok  ' if ok else 'FAIL'} chunk-parallel backward (BWD_T): checkpoints, carry pass, grids", flush=True)
+    return ok
+
+
 def check_launch_cache():
     """The launch config is computed once per shape and ``_TUNING`` content; a changed ``_TUNING`` takes effect."""
     scan_triton._TUNING.clear()
@@ -208,14 +256,7 @@ def check_launch_cache():
     ok &= scan_triton._cached_launch(2, 8, 8, 50, 8)[0]['chunk'] == 8
     scan_triton._TUNING.clear()
     ok &= scan_triton._cached_launch(2, 8, 8, 50, 8) is first
-    for bad in (0, 9):  # states unrolled per iteration: 1 to d_state
-        scan_triton._TUNING.update(kernel='state', UNROLL=bad)
-        try:
-            scan_triton._cached_launch(2, 8, 8, 50, 8)
-            ok = False
-        except ValueError as error:
-            ok &= 'UNROLL' in str(error)
-    scan_triton._TUNING.clear()
+    ok &= refused('UNROLL', (0, 9), kernel='state')  # states unrolled per iteration: 1 to d_state
     print(f"{'ok  ' if ok else 'FAIL'} launch config cache follows _TUNING", flush=True)
     return ok
 
@@ -226,13 +267,15 @@ def main():
     seq1 = dict(kernel='seq', SEGS=1, STEPS=4)
     seqs = dict(kernel='seq', SEGS=4, STEPS=3)  # chunks of 12 steps: L=40 ends inside a segment
     state = dict(kernel='state', BLOCK_T=16)
-    state_loop = dict(state, UNROLL=1)  # the loop over states at run time instead of unrolled
+    # (UNROLL changes the compiled code only; the 'state' checks below run it at 1 and at d_state, the defaults
+    # with one and with several channels per program)
+    state_split = dict(state, BWD_T=8)  # the chunk-parallel backward, 8-step chunks (L=40: five, L=29: four)
     results = []
     for length in (1, 7, 49):  # the per-shape default config
         results.append(check(f'fp32 L={length} default', make_inputs(2, 4, length, 8, None, f32), TOLERANCE[f32], {},
                              delta_softplus=True))
     for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state),
-                         ('state loop', state_loop)):
+                         ('state split', state_split)):
         # several chunks; several channels per program with dB/dC atomics, per-program partial sums, or (one
         # program per group) plain stores; groups > 1
         for bc in ('atomic', 'partial'):
@@ -256,9 +299,11 @@ def main():
     results.append(check('seq S1 fp16 grouped store (dB/dC written in fp16)', make_inputs(1, 4, 23, 8, 2, f16),
                          TOLERANCE[f16], dict(seq1, BLOCK_D=2), delta_softplus=True))
     results.append(check_launch_cache())
+    results.append(check_split_launches())
     # views into wider tensors, read in place (batch strides; B/C batch and group strides); token-major layouts
     # are copied; gradients must reach the parent tensors
-    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state)):
+    for name, kernel in (('scan', dict(scan, BLOCK_T=16)), ('seq S1', seq1), ('seq S4', seqs), ('state', state),
+                         ('state split', state_split)):
         views = strided_inputs(2, 4, 40, 8, None, f32, 'views')
         results.append(check_strided(f'{name} fp32 views (u = xz[:, :d], B/C = x_dbl slices) atomic', *views,
                                      TOLERANCE[f32], dict(kernel, BLOCK_D=2, bc='atomic'), True,

@@ -156,8 +156,12 @@ TRITON_CONFIGS = {
     'seq-segments-partial': dict(kernel='seq', BLOCK_D=1, SEGS=64, STEPS=4, num_warps=8, bc='partial'),
     'state-atomic': dict(kernel='state', BLOCK_D=4, BLOCK_T=256, num_warps=4, bc='atomic'),
     'state-partial': dict(kernel='state', BLOCK_D=2, BLOCK_T=512, num_warps=4, bc='partial'),
-    'state-long': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic'),
+    'state-long': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic', BWD_T=0),
     'state-loop': dict(kernel='state', BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=1),
+    'state-unrolled': dict(kernel='state', BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=8),
+    'state-split': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, BWD_T=256),
+    'state-split-D2': dict(kernel='state', BLOCK_D=2, BLOCK_T=1024, num_warps=8, BWD_T=128, bwd_warps=1,
+                           bc='partial'),
 }
 _truth_cache = {}
 
@@ -227,7 +231,7 @@ def mixer_views(shape, dtype, dstate=8, rank=10, seed=0):
 @needs_triton
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d).split('.')[-1])
 @pytest.mark.parametrize('config', ['default', 'scan-partial', 'seq-rows-atomic', 'seq-segments-atomic',
-                                    'state-atomic'])
+                                    'state-atomic', 'state-split'])
 @pytest.mark.parametrize('shape', [(16, 160, 196), (2, 80, 3136)], ids=lambda s: 'x'.join(map(str, s)))
 def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, config, dtype):
     from mmmambavision.ops import scan_triton

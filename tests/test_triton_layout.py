@@ -33,7 +33,8 @@ def test_state_kernel_scans_hold_consecutive_steps_per_thread_at_unaligned_lengt
     assert config['kernel'] == 'state'
     ttgir = stats.compile_kernel(kernel, constants, num_warps).asm['ttgir']
     layouts = stats.scan_layouts(ttgir)
-    assert len(layouts) == (1 if part == 'fwd' else 2) * config['N_STATES'], layouts
+    # one scan (backward: two) per state in the loop body: UNROLL states per iteration (the default: 1)
+    assert len(layouts) == (1 if part == 'fwd' else 2) * config['UNROLL'], layouts
     for shape, per_thread in layouts:
         assert per_thread[-1] >= 4, f'scan over a {shape} tile with sizePerThread {per_thread}: steps striped'
 

@@ -98,7 +98,7 @@ def launch_constants(batch, dim, length, dstate, part, tuning):
     finally:
         scan_triton._TUNING.clear()
         scan_triton._TUNING.update(saved)
-    constants = dict(scan_triton._kernel_args(config), HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
+    constants = dict(scan_triton._kernel_args(config, part, length), HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
     num_warps = constants.pop('num_warps')
     constants.pop('num_stages', None)
     if part == 'fwd':
@@ -136,8 +136,11 @@ def main():
             kernel, config, constants, num_warps = launch_constants(batch, dim, length, args.dstate, part, tuning)
             compiled = compile_kernel(kernel, constants, num_warps, DTYPES[args.dtype], length % 16 == 0, args.arch)
             usage = resource_usage(compiled)
-            name = ' '.join(f'{k}={config[k]}' for k in ('kernel', 'BLOCK_D', 'BLOCK_T', 'UNROLL', 'num_warps')
-                            if k in config)
+            shown = dict(config, BLOCK_T=constants.get('BLOCK_T'), num_warps=num_warps)  # as launched (BWD_T)
+            name = ' '.join(f'{k}={shown[k]}' for k in ('kernel', 'BLOCK_D', 'BLOCK_T', 'UNROLL', 'num_warps')
+                            if shown.get(k) is not None)
+            if part == 'bwd' and config.get('BWD_T'):
+                name += ' split'
             print(f'{shape:<12} {part:<4} {name:<52} ' + ' '.join(f'{usage[c]:>6}' for c in columns), flush=True)
 
 

@@ -2,15 +2,19 @@
 
 Three kernel families: ``state`` is the default (``_default_config``), ``scan`` and ``seq`` are selected through
 ``_TUNING``, which ``tools/benchmark_scan.py --tune`` sweeps. All walk the sequence in chunks, write the state at
-every chunk start as a checkpoint in the forward, and in the backward walk the chunks in reverse, recomputing each
-chunk's states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
+every chunk start as a checkpoint in the forward, and in the backward walk the chunks in reverse (or, ``state``
+with ``BWD_T``, run them in parallel), recomputing each chunk's states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
 
-``state``: a program owns BLOCK_D channels (one by default) and chunks of BLOCK_T steps and loops over the d_state
-states (unrolled unless ``UNROLL`` says otherwise). Each state's recurrence is one ``tl.associative_scan`` over
-time of a (BLOCK_D, BLOCK_T) tile; the sums over states (y, and the gradients of Δ and u) accumulate in registers.
-The backward runs the adjoint ``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse scan per state.
-``_tile_layout_hint`` keeps each thread on consecutive steps when rows start unaligned (L % 16 != 0), which
-decides its speed.
+``state``: a program owns BLOCK_D channels (one by default, four for chunks of 64 steps or fewer) and chunks of
+BLOCK_T steps and loops over the d_state states (``UNROLL`` per loop iteration: one by default with one channel
+per program). Each state's recurrence is one ``tl.associative_scan`` over time of a (BLOCK_D, BLOCK_T) tile; the
+sums over states (y, and the gradients of Δ and u) accumulate in registers. The backward runs the adjoint
+``g_t = C_t·dy_t + a_{t+1}·g_{t+1}`` as a reverse scan per state. With ``BWD_T`` (the default for few long
+sequences) the backward is chunk-parallel: the forward checkpoints every BWD_T steps, ``_state_carry_kernel``
+computes each chunk's own contribution to the adjoint at its first step and its decay, and then one program per
+(channel block, chunk) combines those of the later chunks into its incoming adjoint (``_chunk_carry``) and runs
+its chunk. ``_tile_layout_hint`` keeps each thread on consecutive steps when rows start unaligned
+(L % 16 != 0), which decides its speed.
 
 ``seq``: a program owns a (BLOCK_D channels, SEGS segments, d_state) tile; a chunk is SEGS consecutive segments of
 STEPS steps. Every thread walks its segment step by step (the steps are unrolled statically), so the recurrence
@@ -495,7 +499,7 @@ def _seq_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_p
 
 # --- the state-loop variant ('state') -----------------------------------------------------------------------------
 # A program owns (BLOCK_D, BLOCK_T) tiles: BLOCK_D channels × a chunk of BLOCK_T steps, and loops over the d_state
-# states (unrolled by default, ``UNROLL``). Each state's recurrence is one associative scan over time of a 2-D
+# states (``UNROLL`` of them per loop iteration). Each state's recurrence is one associative scan over time of a 2-D
 # tile, so the sums over the states (y, and Δ's and u's gradients) accumulate in registers instead of being
 # reduced across threads, and the tile holds a thread's steps consecutively (the scan walks them sequentially
 # before any cross-thread step). The carried states and adjoints, one (BLOCK_D,) column per state, live in a (BLOCK_D,
@@ -526,7 +530,10 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
                       stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                       STORE_CKPT: tl.constexpr, N_STATES: tl.constexpr, UNROLL: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                      CKPT_T: tl.constexpr):
+    """Forward of the 'state' family. With ``STORE_CKPT``, the state before every ``CKPT_T``-th step (a power of 2
+    dividing BLOCK_T: the backward's chunks) goes to ``ckpt`` (b, d, cdiv(L, CKPT_T), d_state)."""
     pid_b = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
     group = d0 // channels_per_group
@@ -539,14 +546,17 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
         u_ptr, delta_ptr, B_ptr, C_ptr, pid_b, (offs_d.to(tl.int64) * length)[:, None], group,
         stride_u, stride_delta, stride_Bb, stride_Bg, stride_Cb, stride_Cg)
     y_row = y_ptr + (seq * length)[:, None]
-    ckpt_row = ckpt_ptr + seq[:, None] * n_chunks * dstate + offs_n[None, :]
+    per_chunk: tl.constexpr = BLOCK_T // CKPT_T  # checkpoints per chunk
+    ckpt_seq = ckpt_ptr + seq * tl.cdiv(length, CKPT_T) * dstate
+    ckpt_row = ckpt_seq[:, None] + offs_n[None, :]
     arange_t = tl.arange(0, BLOCK_T)
     first = (arange_t == 0)[None, :]
     last = (arange_t == BLOCK_T - 1)[None, :]  # masked steps pass the state through: the chunk's end state
+    sub_end = ((arange_t + 1) % CKPT_T == 0) & (arange_t + 1 < BLOCK_T)  # states that start a checkpoint inside
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for chunk in range(0, n_chunks):
         if STORE_CKPT:
-            tl.store(ckpt_row + chunk * dstate, h, mask=mask_dn)
+            tl.store(ckpt_row + chunk * per_chunk * dstate, h, mask=mask_dn)
         offs_t = chunk * BLOCK_T + arange_t
         mask_t = offs_t < length
         u = _load_rows(u_row, offs_t, mask_t)
@@ -563,6 +573,9 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
             x = dtu * B[None, :]
             x = tl.where(first, x + a * _column(h, offs_n, n)[:, None], x)
             _, states = tl.associative_scan((a, x), axis=1, combine_fn=_affine_combine)
+            if STORE_CKPT and per_chunk > 1:
+                inside = (sub_end & (offs_t + 1 < length))[None, :] & (offs_d < dim)[:, None]
+                tl.store(ckpt_seq[:, None] + ((offs_t + 1) // CKPT_T * dstate + n)[None, :], states, mask=inside)
             y += states * C[None, :]
             end = tl.sum(tl.where(last, states, 0.0), axis=1)
             h_end = tl.where(offs_n[None, :] == n, end[:, None], h_end)
@@ -572,13 +585,71 @@ def _state_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_
 
 
 @triton.jit
+def _state_carry_kernel(delta_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, carry_ptr, span_ptr,
+                        dim, length, channels_per_group, n_chunks, dstate,
+                        stride_delta, stride_dy, stride_Cb, stride_Cg,
+                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, N_STATES: tl.constexpr,
+                        BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """First pass of the chunk-parallel backward: per (sequence, chunk) the adjoint that the chunk alone feeds into
+    its first step, ``carry`` (b, d, chunks, d_state) = Σ_t exp(A·Σ_{first<s≤t} Δ_s)·dy_t·C_t (zero carry from
+    later chunks), and ``span`` (b, d, chunks) = Σ_{first<s≤last+1} Δ_s, the exponent (times A) of the decay from
+    the chunk's first step to the next chunk's. Products of decays as exponentials of sums of Δ: no scans."""
+    pid_b = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
+    chunk = tl.program_id(2)
+    group = (d0 // channels_per_group).to(tl.int64)
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    bias, _ = _channel_vectors(bias_ptr, bias_ptr, offs_d, HAS_BIAS, False)
+    rows = (offs_d.to(tl.int64) * length)[:, None]
+    delta_row = delta_ptr + pid_b.to(tl.int64) * stride_delta + rows
+    dy_row = dy_ptr + pid_b.to(tl.int64) * stride_dy + rows
+    C_row = C_ptr + pid_b.to(tl.int64) * stride_Cb + group * stride_Cg
+    seq = (pid_b * dim + offs_d).to(tl.int64)
+    arange_t = tl.arange(0, BLOCK_T)
+    offs_t = chunk * BLOCK_T + arange_t
+    mask_t = offs_t < length
+    dy = _load_rows(dy_row, offs_t, mask_t)
+    dy += _tile_layout_hint(A_ptr, offs_d, arange_t, length)
+    _, dt = _delta_chunk(delta_row, offs_t, mask_t, bias, HAS_BIAS, SOFTPLUS)
+    _, dt_next = _delta_chunk(delta_row, offs_t + 1, offs_t + 1 < length, bias, HAS_BIAS, SOFTPLUS)
+    decay = tl.cumsum(tl.where((arange_t == 0)[None, :], 0.0, dt), axis=1)  # Σ_{first<s≤t} Δ_s
+    out = carry_ptr + (seq * n_chunks + chunk) * dstate
+    for n in tl.range(0, N_STATES, loop_unroll_factor=1):
+        A2 = tl.load(A_ptr + offs_d * dstate + n) * 1.4426950408889634
+        C = tl.load(C_row + n * length + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        tl.store(out + n, tl.sum(tl.exp2(decay * A2[:, None]) * dy * C[None, :], axis=1))
+    tl.store(span_ptr + seq * n_chunks + chunk, tl.sum(dt_next, axis=1))
+
+
+@triton.jit
+def _chunk_carry(carry_ptr, span_ptr, A_ptr, seq, offs_d, offs_n, mask_dn, dstate, chunk, n_chunks,
+                 NC: tl.constexpr):
+    """The adjoint at the first step of chunk ``chunk`` + 1 from the first pass's per-chunk terms, (BLOCK_D,
+    BLOCK_N): Σ_{c > chunk} exp(A·E_c)·carry_c with E_c = Σ_{chunk < c' < c} span_c' (zero past the last chunk)."""
+    offs_c = tl.arange(0, NC)
+    before = offs_c - 1  # span of the chunk before c, summed from chunk + 1 on: an exclusive sum without subtracting
+    spans = tl.load(span_ptr + seq[:, None] * n_chunks + before[None, :],
+                    mask=((before > chunk) & (before < n_chunks))[None, :], other=0.0)
+    exponent = tl.cumsum(spans, axis=1)  # (BLOCK_D, NC)
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    later = (offs_c > chunk) & (offs_c < n_chunks)
+    terms = tl.load(carry_ptr + (seq[:, None, None] * n_chunks + offs_c[None, :, None]) * dstate
+                    + offs_n[None, None, :], mask=later[None, :, None] & mask_dn[:, None, :], other=0.0)
+    return tl.sum(tl.exp2(exponent[:, :, None] * A2[:, None, :]) * terms, axis=1)
+
+
+@triton.jit
 def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
                       du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                       dim, length, channels_per_group, n_chunks, dstate,
                       stride_u, stride_delta, stride_dy, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                       BC_MODE: tl.constexpr, N_STATES: tl.constexpr, UNROLL: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                      SPLIT: tl.constexpr, NC: tl.constexpr, carry_ptr, span_ptr):
+    """Backward of the 'state' family: the chunks of BLOCK_T steps in reverse order, one program per channel
+    block, or with ``SPLIT`` one program per chunk and channel block, the adjoint carried in from later chunks
+    taken from ``_state_carry_kernel``'s terms (``_chunk_carry``)."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     d0 = pid_d * BLOCK_D
@@ -603,11 +674,20 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
     arange_t = tl.arange(0, BLOCK_T)
     first = (arange_t == 0)[None, :]
     last = (arange_t == BLOCK_T - 1)[None, :]
-    g_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # the adjoint at the next chunk's first step
+    if SPLIT:
+        step_first = n_chunks - 1 - tl.program_id(2)
+        step_end = step_first + 1
+        # the adjoint at the next chunk's first step
+        g_carry = _chunk_carry(carry_ptr, span_ptr, A_ptr, seq, offs_d, offs_n, mask_dn, dstate,
+                               tl.program_id(2), n_chunks, NC)
+    else:
+        step_first = 0
+        step_end = n_chunks
+        g_carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     grad_A = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     grad_D = tl.zeros([BLOCK_D], dtype=tl.float32)
     grad_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for step in range(0, n_chunks):
+    for step in range(step_first, step_end):
         chunk = n_chunks - 1 - step
         h0 = tl.load(ckpt_row + chunk * dstate, mask=mask_dn, other=0.0)
         offs_t = chunk * BLOCK_T + arange_t
@@ -636,9 +716,10 @@ def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy
             q = dy * C[None, :]
             q = tl.where(last, q + a_next * _column(g_carry, offs_n, n)[:, None], q)
             _, adj = tl.associative_scan((a_next, q), axis=1, combine_fn=_affine_combine, reverse=True)
-            if chunk > 0:  # the adjoint at the chunk's first step, for the chunk before (none for the first)
-                g_first = tl.sum(tl.where(first, adj, 0.0), axis=1)
-                g_start = tl.where(offs_n[None, :] == n, g_first[:, None], g_start)
+            if not SPLIT:
+                if chunk > 0:  # the adjoint at the chunk's first step, for the chunk before (none for the first)
+                    g_first = tl.sum(tl.where(first, adj, 0.0), axis=1)
+                    g_start = tl.where(offs_n[None, :] == n, g_first[:, None], g_start)
             # dL/d(Δ·A)_t = g_t·a_t·h_{t-1} = g_t·(h_t - x_t)
             grad_arg = adj * (states - x)
             grad_A += tl.where(offs_n[None, :] == n, tl.sum(grad_arg * dt, axis=1)[:, None], 0.0)
@@ -673,9 +754,13 @@ KERNELS = ('seq', 'scan', 'state')
 #               of a (BLOCK_D, BLOCK_T) chunk each)
 #   BLOCK_D     channels per program (must divide the channels per group)
 #   BLOCK_T     'scan', 'state': steps per chunk
-#   UNROLL      'state': states unrolled per iteration of the loop over states (default all: d_state). 1, a loop
-#               at run time, compiles the backward to 168 registers instead of 207 at BLOCK_T 256 (sm_90), and
-#               without spills at BLOCK_T 2048; not timed yet
+#   BWD_T       'state': steps per backward program (a power of 2 up to BLOCK_T): the backward runs every chunk of
+#               BWD_T steps in parallel after a pass that computes each chunk's adjoint carry; 0: one program per
+#               channel block walks the BLOCK_T chunks in reverse (default: 512 for long sequences, few programs)
+#   bwd_warps   'state' with BWD_T: warps per backward program (default: 4 values per thread)
+#   UNROLL      'state': states unrolled per iteration of the loop over states (default: 1 with one channel per
+#               program, else d_state). 1, a loop at run time, compiles the backward to 168 registers instead of
+#               207 at BLOCK_T 256 (sm_90), and without spills at BLOCK_T 2048; faster with one channel per program
 #   SEGS, STEPS 'seq': segments per chunk (power of 2) and steps per segment (chunk = SEGS·STEPS steps)
 #   num_warps   warps per program
 #   bc          how dB/dC (shared by a group's channels) are summed over channel blocks: 'atomic' (fp32 atomics
@@ -686,16 +771,17 @@ _TUNING: dict = {}
 
 
 def _default_config(batch: int, dim: int, channels_per_group: int, length: int, dstate: int) -> dict:
-    """The default config for a shape (keys as in ``_TUNING``): the 'state' kernel with ``_state_block_sizes``.
+    """The default config for a shape (keys as in ``_TUNING``): the 'state' kernel (UNROLL and BWD_T:
+    ``_launch_config``).
 
-    On an H200 (2026-11-28, fp16) its forward matched or beat the CUDA kernel's GPU time and its backward took
-    1.2-2.3x the CUDA kernel's, against 3.6x for 'scan' (README, Selective scan: Speed). Before it, 'scan' was the
-    default; the 'seq' kernels are opt-in (``_TUNING``). An fp32 sweep on an H100 favoured them for short sequences
-    (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan'; 2×320×3136: 0.91 vs 1.10), but as the default, in fp16 at
-    128×160×196 they measured 1.98 ms against the CUDA kernel's 0.74 (no better than 'scan'), and MambaVision-T's
-    eager throughput with them fell to 8696 img/s from 10557 with 'scan' (H100, 2026-11-27; both runs with
-    channels_last; a CUDA graph brought it to 13716, so the loss is host-side launch cost).
-    ``tools/benchmark_scan.py --tune`` re-measures.
+    On an H200 (2026-11-29, CUDA graph replays, i.e. GPU time) it ran forward+backward at 0.99-1.02x the CUDA
+    kernel's speed at 128×160×196, 2.3-2.4x at 128×320×49, 0.93-1.10x at 2×160×12544 and 0.87-1.06x at
+    2×320×3136 (fp32/fp16/bf16; README, Selective scan: Speed). Before it, 'scan' was the default; the 'seq' kernels are opt-in (``_TUNING``).
+    An fp32 sweep on an H100 favoured them for short sequences (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan';
+    2×320×3136: 0.91 vs 1.10), but as the default, in fp16 at 128×160×196 they measured 1.98 ms against the CUDA
+    kernel's 0.74 (no better than 'scan'), and MambaVision-T's eager throughput with them fell to 8696 img/s from
+    10557 with 'scan' (H100, 2026-11-27; both runs with channels_last; a CUDA graph brought it to 13716, so the loss
+    is host-side launch cost). ``tools/benchmark_scan.py --tune`` re-measures.
     """
     block_d, block_t, num_warps = _state_block_sizes(batch, dim, channels_per_group, length)
     return dict(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps, bc='auto')
@@ -719,11 +805,17 @@ def _scan_block_sizes(batch: int, dim: int, channels_per_group: int, length: int
 
 
 def _state_block_sizes(batch: int, dim: int, channels_per_group: int, length: int) -> Tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_T, num_warps) for the 'state' kernel: one channel per program, the whole sequence as one
-    chunk up to 2048 steps, 8 steps per thread (H200, fp16, backward kernel time at 128×160×196: one channel
-    0.31 ms, two 0.82, four 1.0; 4 steps per thread 0.44)."""
-    block_t = max(16, min(triton.next_power_of_2(length), 2048))
-    return 1, block_t, max(1, block_t // 256)
+    """(BLOCK_D, BLOCK_T, num_warps) for the 'state' kernel: the whole sequence as one chunk up to 1024 steps,
+    8 steps per thread, and channels per program (up to 4, while 2048 programs remain) until one warp holds 8
+    values per thread. H200, fp16: backward kernel time at 128×160×196, one channel 0.31 ms, two 0.82, four 1.0,
+    4 steps per thread 0.44; fwd+bwd at 128×320×49 (64-step chunks), one channel 0.198 ms, two 0.173, four 0.159;
+    forward at 2×160×12544 (CUDA graph replays), 1024-step chunks with 4 warps 0.084 ms, 2048 with 8 0.099."""
+    block_t = max(16, min(triton.next_power_of_2(length), 1024))
+    block_d = 1
+    while (block_d < 4 and block_d * 2 * block_t <= 256 and channels_per_group % (block_d * 2) == 0
+           and batch * dim // (block_d * 2) >= 2048):
+        block_d *= 2
+    return block_d, block_t, max(1, block_d * block_t // 256)
 
 
 def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
@@ -752,11 +844,30 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
         config['chunk'] = config['SEGS'] * config['STEPS']
     else:
         config['chunk'] = config['BLOCK_T']
+    config['ckpt'] = config['chunk']  # steps between the forward's checkpoints: the backward's chunks
     if config['kernel'] == 'state':
         config['N_STATES'] = dstate
-        config.setdefault('UNROLL', dstate)
+        # the loop over states at run time with one channel per program (H200, CUDA graph replays, fwd+bwd at
+        # 128×160×196 fp16: 0.359 ms against 0.385 unrolled, forward 0.065 against 0.081, fp32 0.370 against
+        # 0.415; at 2×160×12544 forward 0.099 against 0.128, fwd+bwd the same); unrolled with several channels
+        # per program, where that was what was measured
+        config.setdefault('UNROLL', 1 if block_d == 1 else dstate)
         if not 1 <= config['UNROLL'] <= dstate:
             raise ValueError(f"UNROLL={config['UNROLL']}: states unrolled per loop iteration, 1 to d_state ({dstate})")
+        # few long sequences (detection windows): the chunk-parallel backward (_state_carry_kernel), 512-step
+        # chunks with 4 warps (H200, CUDA graph replays, fwd+bwd at 2×160×12544 fp16: 0.400 ms against 0.507 for
+        # the sequential backward, 128-step chunks 0.419, 256 0.428-0.441, 1024 0.421; the CUDA kernel 0.406)
+        programs = batch * dim // block_d
+        split = length > 512 and config['BLOCK_T'] >= 512 and programs < 4096
+        config.setdefault('BWD_T', 512 if split else 0)
+        bwd_t = config['BWD_T'] or 0
+        if bwd_t and (bwd_t & (bwd_t - 1) or bwd_t > config['BLOCK_T']):
+            raise ValueError(f"BWD_T={bwd_t}: steps per backward program, a power of 2 up to BLOCK_T "
+                             f"({config['BLOCK_T']}), or 0 for the sequential backward")
+        config['BWD_T'] = bwd_t
+        if bwd_t:
+            config.setdefault('bwd_warps', max(1, block_d * bwd_t // 128))  # 4 values per thread
+            config['ckpt'] = bwd_t
     config['fwd'], config['bwd'] = f"_{config['kernel']}_fwd_kernel", f"_{config['kernel']}_bwd_kernel"
     bc = config.get('bc', 'auto')
     if bc == 'auto':
@@ -767,7 +878,8 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
     return config
 
 
-def _kernel_args(config: dict) -> dict:
+def _kernel_args(config: dict, part: str = 'fwd', length: int = 1) -> dict:
+    """The constexpr arguments and launch options of the forward (``part`` 'fwd') or backward ('bwd') kernel."""
     args = dict(BLOCK_D=config['BLOCK_D'], BLOCK_N=config['BLOCK_N'], num_warps=config['num_warps'])
     if config['kernel'] == 'seq':
         args.update(SEGS=config['SEGS'], STEPS=config['STEPS'])
@@ -775,18 +887,26 @@ def _kernel_args(config: dict) -> dict:
         args.update(BLOCK_T=config['BLOCK_T'])
     if config['kernel'] == 'state':
         args.update(N_STATES=config['N_STATES'], UNROLL=config['UNROLL'])
+        if part == 'fwd':
+            args.update(CKPT_T=config['ckpt'])
+        elif config['BWD_T']:
+            args.update(BLOCK_T=config['BWD_T'], num_warps=config['bwd_warps'], SPLIT=True,
+                        NC=triton.next_power_of_2(triton.cdiv(length, config['BWD_T'])))
+        else:
+            args.update(SPLIT=False, NC=1)
     if 'num_stages' in config:
         args['num_stages'] = config['num_stages']
     return args
 
 
-# (batch, dim, channels per group, length, d_state, _TUNING items) -> (config, kernel args, grid, n_chunks)
+# (batch, dim, channels per group, length, d_state, _TUNING items)
+#     -> (config, forward kernel args, grid, forward chunks, backward kernel args, backward chunks)
 _LAUNCH_CACHE: dict = {}
 _LAUNCH_CACHE_SIZE = 256
 
 
 def _cached_launch(batch: int, dim: int, channels_per_group: int, length: int,
-                   dstate: int) -> Tuple[dict, dict, Tuple[int, int], int]:
+                   dstate: int) -> Tuple[dict, dict, Tuple[int, int], int, dict, int]:
     """``_launch_config`` and what follows from it, computed once per shape and ``_TUNING`` content.
 
     Building the config is tens of microseconds of Python, as much as the launch itself, and a model calls the
@@ -797,8 +917,9 @@ def _cached_launch(batch: int, dim: int, channels_per_group: int, length: int,
     entry = _LAUNCH_CACHE.get(key)
     if entry is None:
         config = _launch_config(batch, dim, channels_per_group, length, dstate)
-        entry = (config, _kernel_args(config), (batch, dim // config['BLOCK_D']),
-                 triton.cdiv(length, config['chunk']))
+        entry = (config, _kernel_args(config, 'fwd', length), (batch, dim // config['BLOCK_D']),
+                 triton.cdiv(length, config['chunk']), _kernel_args(config, 'bwd', length),
+                 triton.cdiv(length, config['ckpt']))
         if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_SIZE:  # only inputs of ever new sizes get here: start over
             _LAUNCH_CACHE.clear()
         _LAUNCH_CACHE[key] = entry
@@ -848,10 +969,10 @@ def _forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
     delta_bias = _fp32(delta_bias) if delta_bias is not None else None
     cpg = dim // groups
     launch = _cached_launch(batch, dim, cpg, length, dstate)
-    config, kernel_args, grid, n_chunks = launch
+    config, kernel_args, grid, n_chunks, _, n_ckpt = launch
     y = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
     last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
-    ckpt = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device) if store_ckpt else None
+    ckpt = torch.empty((batch, dim, n_ckpt, dstate), dtype=torch.float32, device=u.device) if store_ckpt else None
     kernel = globals()[config['fwd']]  # a module global at each launch: tests stand in for kernels
     kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
                  y, ckpt if store_ckpt else last, last, dim, length, cpg, n_chunks, dstate,
@@ -885,7 +1006,7 @@ class TritonSelectiveScan(torch.autograd.Function):
         batch, dim, length = u.shape
         groups, dstate = B.shape[1], A.shape[1]
         cpg = dim // groups
-        config, kernel_args, grid, n_chunks = ctx.launch
+        config, _, grid, _, kernel_args, n_chunks = ctx.launch
         grad_y = _rows(grad_y)
         # torch.empty, not empty_like: u and delta may be views with gaps, the kernels write contiguous rows
         du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
@@ -905,13 +1026,26 @@ class TritonSelectiveScan(torch.autograd.Function):
         dA = small[:dim * dstate].view(dim, dstate)
         dD = small[dim * dstate:dim * (dstate + 1)]
         dbias = small[dim * (dstate + 1):]
+        extra = {}
+        if kernel_args.get('SPLIT'):  # chunk-parallel: first each chunk's own adjoint carry and decay
+            grid = grid + (n_chunks,)
+            carry = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
+            span = torch.empty((batch, dim, n_chunks), dtype=torch.float32, device=u.device)
+            _state_carry_kernel[grid](delta, A, C, delta_bias if delta_bias is not None else A, grad_y, carry, span,
+                                      dim, length, cpg, n_chunks, dstate, delta.stride(0), grad_y.stride(0),
+                                      C.stride(0), C.stride(1), HAS_BIAS=delta_bias is not None,
+                                      SOFTPLUS=ctx.delta_softplus, N_STATES=dstate, BLOCK_D=config['BLOCK_D'],
+                                      BLOCK_T=kernel_args['BLOCK_T'], num_warps=kernel_args['num_warps'])
+            extra = dict(carry_ptr=carry, span_ptr=span)
+        elif config['kernel'] == 'state':
+            extra = dict(carry_ptr=A, span_ptr=A)
         kernel = globals()[config['bwd']]
         kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
                      grad_y, ckpt, du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
                      u.stride(0), delta.stride(0), grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0),
                      C.stride(1),
                      HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                     BC_MODE=BC_MODES[bc], **kernel_args)
+                     BC_MODE=BC_MODES[bc], **kernel_args, **extra)
         if bc == 'partial':
             blocks = cpg // config['BLOCK_D']
             dB = dB.view(batch, groups, blocks, dstate, length).sum(2)
