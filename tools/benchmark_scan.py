@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision.ops import selective_scan, selective_scan_reference
-from mmmambavision.engine.timing import synced_times
+from mmmambavision.engine.timing import graph_times, synced_times
 from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -119,8 +119,10 @@ class PeakMemory:
         return 0
 
 
-def timed(fn, device, repeats, warmup):
-    """Median milliseconds of ``fn()``."""
+def timed(fn, device, repeats, warmup, graph=False):
+    """Median milliseconds of ``fn()``: eager calls, synchronised, or (``graph``) replays of a CUDA graph."""
+    if graph:
+        return 1e3 * statistics.median(graph_times(fn, repeats, warmup))
     return 1e3 * statistics.median(synced_times(fn, repeats, warmup, device))
 
 
@@ -167,7 +169,7 @@ def peak_case(backend, shape, dname, dstate):
     print(f'{peak.mib:.1f}')
 
 
-def run_case(backend, inputs, device, repeats, warmup, truth):
+def run_case(backend, inputs, device, repeats, warmup, truth, graph=False):
     leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
     forward = make_forward(backend, leaves)
     grad_out = torch.ones(inputs['u'].shape, device=device) if truth is None else truth[2]
@@ -181,6 +183,11 @@ def run_case(backend, inputs, device, repeats, warmup, truth):
         fwd_ms = timed(forward, device, repeats, warmup)
     slow = backend == 'ref-loop'  # one instrumented run is all the time it deserves
     both_ms = None if slow else timed(forward_backward, device, repeats, warmup)
+    graph_ms = (float('nan'), float('nan'))
+    if graph and not slow:
+        with torch.no_grad():
+            graph_fwd = timed(forward, device, repeats, warmup, graph=True)
+        graph_ms = (graph_fwd, timed(forward_backward, device, repeats, warmup, graph=True))
     with PeakMemory(device) as peak:
         start = time.perf_counter()
         y, grads = forward_backward()
@@ -190,7 +197,7 @@ def run_case(backend, inputs, device, repeats, warmup, truth):
     if truth is not None:
         err_y = rel_err(y, truth[0])
         err_g = max(rel_err(g, truth[1][k]) for k, g in zip(leaves, grads))
-    return fwd_ms, both_ms, peak.mib, err_y, err_g
+    return fwd_ms, both_ms, peak.mib, err_y, err_g, graph_ms
 
 
 def tune_candidates(shape, dstate, level):
@@ -204,6 +211,8 @@ def tune_candidates(shape, dstate, level):
     cands = []
 
     def add(**config):
+        if config['kernel'] == 'state':
+            config.setdefault('BWD_T', 0)  # the sequential backward, unless a candidate below says otherwise
         width = config.get('SEGS', 1) if config['kernel'] == 'seq' else config['BLOCK_T']
         if dim % config['BLOCK_D'] or config['BLOCK_D'] * width * block_n < 16 * config['num_warps']:
             return  # BLOCK_D must divide the channels; more than half the threads idle
@@ -231,9 +240,18 @@ def tune_candidates(shape, dstate, level):
     add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')  # the previous default
     # 'state': its heuristic, then chunk length × channels per program × warps around 8 values per thread
     block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
-    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=1)
+    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=dstate)
     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
+    # the chunk-parallel backward (BWD_T) for sequences longer than one backward chunk, on the default forward
+    block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
+    for bwd_t in (128, 256, 512, 1024):
+        if bwd_t < length and bwd_t <= block_t:
+            for per_thread in (8, 4):
+                bwd_warps = bwd_t // (32 * per_thread)
+                if 1 <= bwd_warps <= 8:
+                    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic',
+                        BWD_T=bwd_t, bwd_warps=bwd_warps)
     longest = triton_next_pow2(length)
     for block_t in (64, 128, 256, 512, 1024, 2048):
         if block_t > max(64, longest) or (level != 'full' and block_t < min(256, longest)):
@@ -245,8 +263,10 @@ def tune_candidates(shape, dstate, level):
                 warps = block_d * block_t // (32 * per_thread)
                 if 1 <= warps <= 8:
                     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
-                    if level == 'full':
+                    if level == 'full' or batch * dim < 4096:  # few sequences (detection windows): more variants
                         add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
+                        add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic',
+                            UNROLL=dstate if block_d == 1 else 1)  # the other loop than the default
     if level == 'full':
         for block_d in (1, 2, 4):
             for block_t in (64, 128, 256):
@@ -256,23 +276,34 @@ def tune_candidates(shape, dstate, level):
     return cands
 
 
-def bench_triton_config(inputs, device, config, scan_triton):
-    """(fwd ms, fwd+bwd ms) of one Triton config: median of triton.testing.do_bench (CUDA events)."""
+def bench_backend(inputs, backend, graph=False):
+    """(fwd ms, fwd+bwd ms) of a backend at the current ``_TUNING``: medians of triton.testing.do_bench (CUDA
+    events around eager calls), or with ``graph`` of CUDA graph replays (GPU time alone)."""
     from triton.testing import do_bench
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    grad_out = torch.ones_like(inputs['u'])
+    forward = make_forward(backend, leaves)
+
+    def both():
+        torch.autograd.grad(forward(), list(leaves.values()), grad_out)
+
+    def median_ms(fn, rep):
+        if graph:
+            return 1e3 * statistics.median(graph_times(fn, runs=10, warmup=3))
+        return do_bench(fn, warmup=5, rep=rep, return_mode='median')
+
+    with torch.no_grad():
+        fwd = median_ms(forward, 15)
+    return fwd, median_ms(both, 25)
+
+
+def bench_triton_config(inputs, config, scan_triton, graph=False):
+    """(fwd ms, fwd+bwd ms) of one Triton config (None: the default), see ``bench_backend``."""
     scan_triton._TUNING.clear()
     if config is not None:
         scan_triton._TUNING.update(config)
     try:
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-        grad_out = torch.ones_like(inputs['u'])
-        forward = make_forward('triton', leaves)
-
-        def both():
-            torch.autograd.grad(forward(), list(leaves.values()), grad_out)
-
-        with torch.no_grad():
-            fwd = do_bench(forward, warmup=5, rep=15, return_mode='median')
-        return fwd, do_bench(both, warmup=5, rep=25, return_mode='median')
+        return bench_backend(inputs, 'triton', graph)
     finally:
         scan_triton._TUNING.clear()
 
@@ -281,37 +312,31 @@ def config_name(config):
     if config is None:
         return 'default'
     short = {'kernel': '', 'BLOCK_D': 'D', 'BLOCK_T': 'T', 'SEGS': 'S', 'STEPS': 'K', 'num_warps': 'w', 'bc': '',
-             'UNROLL': 'unroll'}
+             'UNROLL': 'unroll', 'BWD_T': 'bwdT', 'bwd_warps': 'bwdw'}
     return ' '.join(f'{short.get(k, k)}{v}' for k, v in config.items())
 
 
 def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=False, budget=None,
-                kernels=None):
+                kernels=None, graph=False):
     """Sweep the Triton variants: all candidates in the first dtype, the best few of those in the others."""
     from mmmambavision.ops import scan_triton
     start = time.perf_counter()
-    print(f'\nTriton sweep ({level}): fwd / fwd+bwd ms, do_bench median; cuda = selective_scan_cuda')
+    how = 'CUDA graph replays' if graph else 'do_bench'
+    print(f'\nTriton sweep ({level}): fwd / fwd+bwd ms, median of {how}; cuda = selective_scan_cuda')
     summary = []
     for shape in shapes:
         batch, dim, length = shape
         default = scan_triton._launch_config(batch, dim, dim, length, dstate)
-        default = {k: default[k] for k in default if k not in ('BLOCK_N', 'chunk')}
+        default = {k: v for k, v in default.items()
+                   if k not in ('BLOCK_N', 'chunk', 'ckpt', 'N_STATES', 'fwd', 'bwd') and (v or k != 'BWD_T')}
         cands = [c for c in tune_candidates(shape, dstate, level) if not kernels or c['kernel'] in kernels]
         ranked = None
         for dname in dtypes:
             inputs = make_inputs(shape, dstate, DTYPES[dname], device)
             cuda = (float('nan'), float('nan'))
             if cuda_kernel_available():
-                leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-                with torch.no_grad():
-                    from triton.testing import do_bench
-                    fwd = make_forward('cuda', leaves)
-                    cuda_fwd = do_bench(fwd, warmup=5, rep=15, return_mode='median')
-                grad_out = torch.ones_like(inputs['u'])
-                cuda = (cuda_fwd, do_bench(lambda: torch.autograd.grad(make_forward('cuda', leaves)(),
-                                                                       list(leaves.values()), grad_out),
-                                           warmup=5, rep=25, return_mode='median'))
-            base = bench_triton_config(inputs, device, None, scan_triton)
+                cuda = bench_backend(inputs, 'cuda', graph)
+            base = bench_triton_config(inputs, None, scan_triton, graph)
             trial = cands if ranked is None else [c for _, c in ranked[:top]]
             results = []
             shape_start = time.perf_counter()
@@ -320,7 +345,7 @@ def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=Fa
                     print(f'  time budget: skipping the remaining {len(trial) - len(results)} configs')
                     break
                 try:
-                    results.append((bench_triton_config(inputs, device, config, scan_triton), config))
+                    results.append((bench_triton_config(inputs, config, scan_triton, graph), config))
                 except Exception as error:  # out of resources, compile errors
                     print(f'  {config_name(config)}: {type(error).__name__}: {str(error)[:120]}')
             results.sort(key=lambda r: r[0][1])
@@ -369,6 +394,9 @@ def main():
     parser.add_argument('--no-ref-loop', action='store_true', help='CPU: skip the selective_scan_ref-style loop')
     parser.add_argument('--threads', type=int, help='CPU: torch intra-op threads (default: torch\'s choice)')
     parser.add_argument('--peak-case', nargs=3, metavar=('BACKEND', 'SHAPE', 'DTYPE'), help=argparse.SUPPRESS)
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='CUDA: also time each case replayed from a CUDA graph (no host overhead), and time the '
+                             'sweep that way')
     parser.add_argument('--tune', action='store_true', help='CUDA: sweep the Triton variants afterwards')
     parser.add_argument('--tune-only', action='store_true', help='CUDA: only the sweep, no backend table')
     parser.add_argument('--tune-level', choices=['quick', 'full'], default='quick',
@@ -387,6 +415,9 @@ def main():
         peak_case(backend, tuple(int(v) for v in shape.split('x')), dname, args.dstate)
         return
     device = torch.device(args.device)
+    graph = args.cuda_graph
+    if graph and device.type != 'cuda':
+        parser.error('argument --cuda-graph: needs --device cuda')
     shapes = [tuple(int(v) for v in s.lower().split('x')) for s in (args.shapes or DEFAULT_SHAPES[args.device])]
     dtypes = args.dtypes or (list(DTYPES) if args.device == 'cuda' else ['fp32'])
     repeats = args.repeats or (20 if args.device == 'cuda' else 3)
@@ -401,13 +432,15 @@ def main():
 
     if args.tune_only:
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget, kernels=args.tune_kernels)
+                    budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)
         return
     print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"}'
           f'; torch {torch.__version__}; d_state {args.dstate}; softplus + delta_bias + D, no z; '
           f'median of {repeats}')
     header = (f"{'backend':<9} {'shape (b×d×L)':<14} {'dtype':<5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
               f"{'peak MiB':>9} {'err y':>8} {'err grad':>8} {'speed-up':>9}")
+    if graph:
+        header += f" {'graph fwd':>9} {'graph f+b':>9} {'speed-up':>9}"
     print(header)
     print('-' * len(header))
     for shape in shapes:
@@ -424,18 +457,26 @@ def main():
                         tuple(int(v) for v in s.split('x')) for s in REF_LOOP_SHAPES]):
                     continue
                 reps = 1 if backend == 'ref-loop' or (backend == 'torch' and device.type == 'cuda') else repeats
-                rows[backend] = run_case(backend, inputs, device, reps, 0 if reps == 1 else warmup, truth)
+                rows[backend] = run_case(backend, inputs, device, reps, 0 if reps == 1 else warmup, truth,
+                                         graph=graph and not (backend == 'torch' and device.type == 'cuda'))
             baseline = rows.get('cuda') or rows.get('ref-loop')
-            for backend, (fwd, both, mib, err_y, err_g) in rows.items():
+            for backend, (fwd, both, mib, err_y, err_g, (graph_fwd, graph_both)) in rows.items():
                 if device.type == 'cpu':
                     mib = cpu_peak_in_fresh_process(backend, shape, dname, args.dstate, args.threads)
                 speed = f'{baseline[1] / both:8.2f}×' if baseline else ''
-                print(f'{backend:<9} {shape_name(shape):<14} {dname:<5} {fwd:9.3f} {both:11.3f} {mib:9.1f} '
-                      f'{err_y:8.1e} {err_g:8.1e} {speed:>9}', flush=True)
+                line = (f'{backend:<9} {shape_name(shape):<14} {dname:<5} {fwd:9.3f} {both:11.3f} {mib:9.1f} '
+                        f'{err_y:8.1e} {err_g:8.1e} {speed:>9}')
+                if graph:
+                    graph_speed = f'{baseline[5][1] / graph_both:8.2f}×' if baseline and graph_both == graph_both else ''
+                    line += f' {graph_fwd:9.3f} {graph_both:9.3f} {graph_speed:>9}'
+                print(line, flush=True)
     print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')
+    if graph:
+        print('graph fwd, graph f+b: ms per call replayed from a CUDA graph (GPU time without host overhead), '
+              'median of the repeats, each the mean of 10 replays; its speed-up likewise')
     if args.tune and device.type == 'cuda':
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget, kernels=args.tune_kernels)
+                    budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)
 
 
 if __name__ == '__main__':
