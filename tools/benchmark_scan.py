@@ -25,6 +25,7 @@ current default and the cuda kernel (when selective_scan_cuda imports), with a s
 Compilation dominates its time (seconds a config); ``--tune-budget`` caps it.
 """
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -244,7 +245,6 @@ def tune_candidates(shape, dstate, level):
     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=dstate)
     add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
     # the chunk-parallel backward (BWD_T) for sequences longer than one backward chunk, on the default forward
-    block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
     for bwd_t in (128, 256, 512, 1024):
         if bwd_t < length and bwd_t <= block_t:
             for per_thread in (8, 4):
@@ -467,7 +467,8 @@ def main():
                 line = (f'{backend:<9} {shape_name(shape):<14} {dname:<5} {fwd:9.3f} {both:11.3f} {mib:9.1f} '
                         f'{err_y:8.1e} {err_g:8.1e} {speed:>9}')
                 if graph:
-                    graph_speed = f'{baseline[5][1] / graph_both:8.2f}×' if baseline and graph_both == graph_both else ''
+                    graph_speed = '' if not baseline or math.isnan(graph_both) else \
+                        f'{baseline[5][1] / graph_both:8.2f}×'
                     line += f' {graph_fwd:9.3f} {graph_both:9.3f} {graph_speed:>9}'
                 print(line, flush=True)
     print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')

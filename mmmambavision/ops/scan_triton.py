@@ -3,7 +3,8 @@
 Three kernel families: ``state`` is the default (``_default_config``), ``scan`` and ``seq`` are selected through
 ``_TUNING``, which ``tools/benchmark_scan.py --tune`` sweeps. All walk the sequence in chunks, write the state at
 every chunk start as a checkpoint in the forward, and in the backward walk the chunks in reverse (or, ``state``
-with ``BWD_T``, run them in parallel), recomputing each chunk's states from its checkpoint. All math in fp32; inputs fp16, bf16 or fp32.
+with ``BWD_T``, run them in parallel), recomputing each chunk's states from its checkpoint. All math in fp32;
+inputs fp16, bf16 or fp32.
 
 ``state``: a program owns BLOCK_D channels (one by default, four for chunks of 64 steps or fewer) and chunks of
 BLOCK_T steps and loops over the d_state states (``UNROLL`` per loop iteration: one by default with one channel
@@ -776,7 +777,8 @@ def _default_config(batch: int, dim: int, channels_per_group: int, length: int, 
 
     On an H200 (2026-11-29, CUDA graph replays, i.e. GPU time) it ran forward+backward at 0.99-1.02x the CUDA
     kernel's speed at 128×160×196, 2.3-2.4x at 128×320×49, 0.93-1.10x at 2×160×12544 and 0.87-1.06x at
-    2×320×3136 (fp32/fp16/bf16; README, Selective scan: Speed). Before it, 'scan' was the default; the 'seq' kernels are opt-in (``_TUNING``).
+    2×320×3136 (fp32/fp16/bf16; README, Selective scan: Speed). Before it, 'scan' was the default; the 'seq'
+    kernels are opt-in (``_TUNING``).
     An fp32 sweep on an H100 favoured them for short sequences (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan';
     2×320×3136: 0.91 vs 1.10), but as the default, in fp16 at 128×160×196 they measured 1.98 ms against the CUDA
     kernel's 0.74 (no better than 'scan'), and MambaVision-T's eager throughput with them fell to 8696 img/s from
@@ -878,8 +880,9 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
     return config
 
 
-def _kernel_args(config: dict, part: str = 'fwd', length: int = 1) -> dict:
-    """The constexpr arguments and launch options of the forward (``part`` 'fwd') or backward ('bwd') kernel."""
+def _kernel_args(config: dict, part: str, length: int) -> dict:
+    """The constexpr arguments and launch options of the forward (``part`` 'fwd') or backward ('bwd') kernel at
+    sequence length ``length`` (the chunk-parallel backward's chunk count)."""
     args = dict(BLOCK_D=config['BLOCK_D'], BLOCK_N=config['BLOCK_N'], num_warps=config['num_warps'])
     if config['kernel'] == 'seq':
         args.update(SEGS=config['SEGS'], STEPS=config['STEPS'])
