@@ -273,3 +273,36 @@ def test_triton_inference_path_matches_the_gradient_path(config):
         scan_triton._TUNING.clear()
     assert y_grad.requires_grad and not y.requires_grad
     assert torch.equal(y, y_grad.detach()) and torch.equal(last, last_grad)
+
+
+@needs_triton
+@pytest.mark.parametrize('shape,dtype', [((2, 320, 3136), torch.float16), ((128, 160, 196), torch.bfloat16),
+                                         ((128, 320, 49), torch.float32)], ids=['split-fp16', 'bf16', 'D4-fp32'])
+def test_triton_direct_launches_match_jit_launches(shape, dtype):
+    """scan_triton._launch calls the compiled kernels' launchers itself from the second launch of a
+    specialisation on: the same results as launches through JITFunction (y, h_L, du, ddelta bit for bit; dA, dB,
+    dC, dD and dbias are atomic sums, equal up to their order), and every kernel of the call goes that way."""
+    from mmmambavision.ops import scan_triton
+    inputs = make_inputs(shape, dtype)
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype).cuda()
+    results = {}
+    try:
+        for direct in (False, True):
+            scan_triton.DIRECT_LAUNCH = direct
+            scan_triton._COMPILED.clear()
+            for _ in range(2):  # the first launch of each specialisation goes through JITFunction either way
+                results[direct] = run_backend('triton', inputs, grad_out, delta_softplus=True)
+            if direct:
+                entries = list(scan_triton._COMPILED.values())
+                names = sorted(key[0].__name__ for key in scan_triton._COMPILED)
+    finally:
+        scan_triton.DIRECT_LAUNCH = True
+    expected = ['_state_bwd_kernel', '_state_fwd_kernel'] + (['_state_carry_kernel'] if shape[2] > 512 else [])
+    assert names == sorted(expected) and all(entries), (names, entries)
+    (y0, last0, g0), (y1, last1, g1) = results[False], results[True]
+    assert torch.equal(y0, y1) and torch.equal(last0, last1)
+    for name in g0:
+        if name in ('u', 'delta'):
+            assert torch.equal(g0[name], g1[name]), name
+        else:
+            assert relative_error(g1[name], g0[name]) < (1e-5 if dtype == torch.float32 else 1e-2), name

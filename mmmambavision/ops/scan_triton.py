@@ -39,7 +39,8 @@ Inputs are read in place where the layout allows: u, delta (and dy) with any bat
 and group strides, as long as every (channel, L) row and every (n, L) block is contiguous. The mixer passes views
 into its projections (u = ``xz[:, :d]``, B = ``x_dbl[:, R:R + n].unsqueeze(1)``), which would otherwise cost a copy
 each per call. Without gradients the forward stores no checkpoints (``STORE_CKPT``) and skips the autograd
-Function: eager inference is bound by host time per call.
+Function: eager inference is bound by host time per call. For the same reason kernels are launched through
+``_launch``, which calls a compiled kernel's launcher directly from its second launch on (``DIRECT_LAUNCH``).
 """
 from typing import Optional, Tuple
 
@@ -49,6 +50,13 @@ import triton.language as tl
 from torch import Tensor
 
 LOG2E = 1.4426950408889634
+
+try:  # what the direct launch below reads; without it every launch goes through JITFunction.run
+    from triton import knobs as _knobs
+    from triton.runtime.driver import driver as _driver
+    from triton.runtime.jit import JITFunction as _JITFunction
+except ImportError:  # pragma: no cover - Triton before 3.4
+    _knobs = _driver = _JITFunction = None
 
 
 @triton.jit
@@ -641,13 +649,13 @@ def _chunk_carry(carry_ptr, span_ptr, A_ptr, seq, offs_d, offs_n, mask_dn, dstat
 
 @triton.jit
 def _state_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, ckpt_ptr,
-                      du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                      du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, carry_ptr, span_ptr,
                       dim, length, channels_per_group, n_chunks, dstate,
                       stride_u, stride_delta, stride_dy, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                       BC_MODE: tl.constexpr, N_STATES: tl.constexpr, UNROLL: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-                      SPLIT: tl.constexpr, NC: tl.constexpr, carry_ptr, span_ptr):
+                      SPLIT: tl.constexpr, NC: tl.constexpr):
     """Backward of the 'state' family: the chunks of BLOCK_T steps in reverse order, one program per channel
     block, or with ``SPLIT`` one program per chunk and channel block, the adjoint carried in from later chunks
     taken from ``_state_carry_kernel``'s terms (``_chunk_carry``)."""
@@ -775,8 +783,8 @@ def _default_config(batch: int, dim: int, channels_per_group: int, length: int, 
     """The default config for a shape (keys as in ``_TUNING``): the 'state' kernel (UNROLL and BWD_T:
     ``_launch_config``).
 
-    On an H200 (2026-11-29, CUDA graph replays, i.e. GPU time) it ran forward+backward at 0.99-1.02x the CUDA
-    kernel's speed at 128×160×196, 2.3-2.4x at 128×320×49, 0.93-1.10x at 2×160×12544 and 0.87-1.06x at
+    On an H200 (2026-11-29, CUDA graph replays, i.e. GPU time) it ran forward+backward at 1.01-1.02x the CUDA
+    kernel's speed at 128×160×196, 2.3-2.5x at 128×320×49, 0.92-1.10x at 2×160×12544 and 1.01-1.16x at
     2×320×3136 (fp32/fp16/bf16; README, Selective scan: Speed). Before it, 'scan' was the default; the 'seq'
     kernels are opt-in (``_TUNING``).
     An fp32 sweep on an H100 favoured them for short sequences (fwd+bwd 128×160×196: 1.35 ms vs 1.77 for 'scan';
@@ -856,12 +864,15 @@ def _launch_config(batch, dim, channels_per_group, length, dstate) -> dict:
         config.setdefault('UNROLL', 1 if block_d == 1 else dstate)
         if not 1 <= config['UNROLL'] <= dstate:
             raise ValueError(f"UNROLL={config['UNROLL']}: states unrolled per loop iteration, 1 to d_state ({dstate})")
-        # few long sequences (detection windows): the chunk-parallel backward (_state_carry_kernel), 512-step
-        # chunks with 4 warps (H200, CUDA graph replays, fwd+bwd at 2×160×12544 fp16: 0.400 ms against 0.507 for
-        # the sequential backward, 128-step chunks 0.419, 256 0.428-0.441, 1024 0.421; the CUDA kernel 0.406)
+        # few long sequences (detection windows): the chunk-parallel backward (_state_carry_kernel), 128-step
+        # chunks with one warp up to 4096 steps, 512-step chunks with 4 warps beyond. H200, CUDA graph replays,
+        # fwd+bwd, 2026-11-29: at 2×160×12544 fp16 512-step chunks 0.400 ms against 0.507 for the sequential
+        # backward (128: 0.419, 256: 0.428-0.441, 1024: 0.421; the CUDA kernel 0.406), fp32 512: 0.408, 128:
+        # 0.423 (cuda 0.379); at 2×320×3136 128-step chunks 0.205 / 0.194 / 0.192 ms in fp32 / fp16 / bf16
+        # against 0.238 / 0.211 / 0.214 with 512 and 4 warps (cuda 0.213 / 0.222 / 0.228)
         programs = batch * dim // block_d
         split = length > 512 and config['BLOCK_T'] >= 512 and programs < 4096
-        config.setdefault('BWD_T', 512 if split else 0)
+        config.setdefault('BWD_T', (128 if length <= 4096 else 512) if split else 0)
         bwd_t = config['BWD_T'] or 0
         if bwd_t and (bwd_t & (bwd_t - 1) or bwd_t > config['BLOCK_T']):
             raise ValueError(f"BWD_T={bwd_t}: steps per backward program, a power of 2 up to BLOCK_T "
@@ -929,6 +940,69 @@ def _cached_launch(batch: int, dim: int, channels_per_group: int, length: int,
     return entry
 
 
+# Direct launches. ``kernel[grid](...)`` (JITFunction.run) binds and specialises every argument and builds a cache
+# key before the launch itself: ~40 us of host time per launch on the H200 machine of 2026-11-29 against ~7 us
+# for the driver call, and the scan's backward launches two or three kernels. ``_launch`` keeps the compiled
+# kernel that the first ``kernel[grid]`` call returns, under everything Triton specialises on (each tensor's dtype
+# and 16-byte alignment, every other argument's value, the constexprs and launch options, the device), and from
+# then on calls its launcher as JITFunction.run would.
+DIRECT_LAUNCH = True  # False: every launch through kernel[grid] (tests compare the two)
+_COMPILED: dict = {}
+_COMPILED_SIZE = 512
+
+
+def _direct_entry(kernel, compiled, n_args: int, options: dict):
+    """What a direct launch of ``compiled`` needs: its launcher, function handle, packed metadata, launch-metadata
+    method, and the values of the parameters after the ``n_args`` runtime ones (the constexprs, in signature
+    order: JITFunction.run passes every parameter to the launcher, which skips the constexprs). False where this
+    Triton's objects are not as expected, or the runtime parameters do not all come first: then every launch of
+    this key goes through ``kernel[grid]``."""
+    try:
+        params = kernel.params
+        if any(p.is_constexpr for p in params[:n_args]) or not all(p.is_constexpr for p in params[n_args:]):
+            return False
+        tail = []
+        for p in params[n_args:]:
+            if p.name in options:
+                tail.append(options[p.name])
+            elif p.has_default:
+                tail.append(p.default)
+            else:
+                return False
+        return compiled.run, compiled.function, compiled.packed_metadata, compiled.launch_metadata, tuple(tail)
+    except AttributeError:
+        return False
+
+
+def _launch(kernel, grid: tuple, args: tuple, options: dict) -> None:
+    """``kernel[grid](*args, **options)``: ``args`` the runtime parameters in order (tensors and ints), ``options``
+    the constexprs and launch options (num_warps, num_stages). From the second call with the same specialisation
+    on, straight through the compiled kernel's launcher (see ``DIRECT_LAUNCH``). Stand-ins for kernels (tests) and
+    the interpreter (``TRITON_INTERPRET=1``) always take ``kernel[grid]``."""
+    if not DIRECT_LAUNCH or _JITFunction is None or type(kernel) is not _JITFunction:
+        kernel[grid](*args, **options)
+        return
+    device = _driver.active.get_current_device()
+    key = (kernel, grid, device, tuple(options.items()),
+           tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args))
+    entry = _COMPILED.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **options)
+        if len(_COMPILED) >= _COMPILED_SIZE:  # only ever new shapes or layouts get here: start over
+            _COMPILED.clear()
+        _COMPILED[key] = _direct_entry(kernel, compiled, len(args), options)
+        return
+    if entry is False:
+        kernel[grid](*args, **options)
+        return
+    run, function, metadata, launch_metadata, tail = entry
+    stream = _driver.active.get_current_stream(device)
+    values = args + tail
+    hooks = _knobs.runtime
+    run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream, function, metadata,
+        launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook, *values)
+
+
 def _rows(t: Tensor) -> Tensor:
     """A (b, d, L) operand as the kernels address it: (i, c, s) at i·stride(0) + c·L + s, any batch stride.
 
@@ -960,12 +1034,18 @@ def _fp32(t: Tensor) -> Tensor:
 
 def _forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              delta_bias: Optional[Tensor], delta_softplus: bool, out_dtype: torch.dtype, store_ckpt: bool):
-    """Launches the forward kernel. Returns the inputs as the kernels read them (what the backward needs), y, h_L,
-    the per-chunk checkpoints (None without ``store_ckpt``: only the backward reads them) and the launch entry."""
+    """Launches the forward kernel. Returns the inputs as the kernels read them (what the backward needs; B and C
+    grouped), y, h_L, the per-chunk checkpoints (None without ``store_ckpt``: only the backward reads them) and the
+    launch entry. B and C come grouped (b, g, n, L) or ungrouped (b, n, L), read as one group."""
     batch, dim, length = u.shape
+    if B.dim() == 3:  # a view made here, inside the autograd Function: no view node in the graph
+        B = B.unsqueeze(1)
+    if C.dim() == 3:
+        C = C.unsqueeze(1)
     groups, dstate = B.shape[1], A.shape[1]
-    if dim % groups:
-        raise ValueError(f'the number of channels ({dim}) must be divisible by the B/C groups ({groups})')
+    if dim % groups or C.shape[1] != groups:
+        raise ValueError(f'B and C must have the same number of groups, dividing the channels ({dim}); got '
+                         f'{groups} and {C.shape[1]}')
     u, delta, B, C = _rows(u), _rows(delta), _blocks(B), _blocks(C)
     A = _fp32(A)
     D = _fp32(D) if D is not None else None
@@ -977,24 +1057,26 @@ def _forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
     last = torch.empty((batch, dim, dstate), dtype=torch.float32, device=u.device)
     ckpt = torch.empty((batch, dim, n_ckpt, dstate), dtype=torch.float32, device=u.device) if store_ckpt else None
     kernel = globals()[config['fwd']]  # a module global at each launch: tests stand in for kernels
-    kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
-                 y, ckpt if store_ckpt else last, last, dim, length, cpg, n_chunks, dstate,
-                 u.stride(0), delta.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                 STORE_CKPT=store_ckpt, **kernel_args)
+    _launch(kernel, grid, (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
+                           y, ckpt if store_ckpt else last, last, dim, length, cpg, n_chunks, dstate,
+                           u.stride(0), delta.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1)),
+            dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                 STORE_CKPT=store_ckpt, **kernel_args))
     return (u, delta, A, B, C, D, delta_bias), y, last, ckpt, launch
 
 
 class TritonSelectiveScan(torch.autograd.Function):
-    """Autograd Function of the Triton backend. B and C come grouped, (b, g, n, L).
+    """Autograd Function of the Triton backend. B and C come grouped, (b, g, n, L), or as one group (b, n, L).
 
     u and delta may have any batch stride and B, C any batch and group strides (views into wider projections are
-    read in place, see ``_rows`` and ``_blocks``); du, ddelta, dB and dC come back contiguous."""
+    read in place, see ``_rows`` and ``_blocks``); du, ddelta, dB and dC come back contiguous, dB and dC in the
+    shape of B and C."""
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 delta_bias: Optional[Tensor], delta_softplus: bool,
                 out_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        ctx.bc_shapes = B.shape, C.shape
         inputs, y, last, ckpt, launch = _forward(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
                                                  store_ckpt=True)
         ctx.save_for_backward(*inputs, ckpt)
@@ -1014,48 +1096,56 @@ class TritonSelectiveScan(torch.autograd.Function):
         # torch.empty, not empty_like: u and delta may be views with gaps, the kernels write contiguous rows
         du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
         ddelta = torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
-        bc = config['bc']
-        if bc == 'store':  # written once each, in the input dtype
-            dB = torch.empty(B.shape, dtype=B.dtype, device=u.device)
-            dC = torch.empty(C.shape, dtype=C.dtype, device=u.device)
-        elif bc == 'atomic':
-            dB = torch.zeros(B.shape, dtype=torch.float32, device=u.device)
-            dC = torch.zeros(C.shape, dtype=torch.float32, device=u.device)
+        # dB and dC, then dA, dD and dbias (accumulated atomically: zeroed) in one allocation where they can be:
+        # every tensor op costs host time (~10-25 us each on the device machines), as much as a small kernel
+        bc, numel, small_size = config['bc'], B.numel(), dim * (dstate + 2)
+        if bc == 'atomic':  # fp32 sums, cast to the input dtype at the end
+            both = -(-2 * numel // 4) * 4  # 16-byte aligned start for dA
+            flat = torch.zeros(both + small_size, dtype=torch.float32, device=u.device)
+            dBC, small = flat[:2 * numel].view((2,) + B.shape), flat[both:]
         else:
-            part = (batch, dim // config['BLOCK_D'], dstate, length)
-            dB = torch.empty(part, dtype=torch.float32, device=u.device)
-            dC = torch.empty(part, dtype=torch.float32, device=u.device)
-        small = torch.zeros(dim * (dstate + 2), dtype=torch.float32, device=u.device)  # dA, dD, dbias at once
+            small = torch.zeros(small_size, dtype=torch.float32, device=u.device)
+            if bc == 'store':  # written once each, in the input dtype
+                dBC = torch.empty((2,) + B.shape, dtype=B.dtype, device=u.device)
+            else:
+                dBC = torch.empty((2, batch, dim // config['BLOCK_D'], dstate, length), dtype=torch.float32,
+                                  device=u.device)
+        dB, dC = dBC[0], dBC[1]
         dA = small[:dim * dstate].view(dim, dstate)
         dD = small[dim * dstate:dim * (dstate + 1)]
         dbias = small[dim * (dstate + 1):]
-        extra = {}
+        bias = delta_bias if delta_bias is not None else A
+        carry = span = A
         if kernel_args.get('SPLIT'):  # chunk-parallel: first each chunk's own adjoint carry and decay
             grid = grid + (n_chunks,)
             carry = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
             span = torch.empty((batch, dim, n_chunks), dtype=torch.float32, device=u.device)
-            _state_carry_kernel[grid](delta, A, C, delta_bias if delta_bias is not None else A, grad_y, carry, span,
-                                      dim, length, cpg, n_chunks, dstate, delta.stride(0), grad_y.stride(0),
-                                      C.stride(0), C.stride(1), HAS_BIAS=delta_bias is not None,
-                                      SOFTPLUS=ctx.delta_softplus, N_STATES=dstate, BLOCK_D=config['BLOCK_D'],
-                                      BLOCK_T=kernel_args['BLOCK_T'], num_warps=kernel_args['num_warps'])
-            extra = dict(carry_ptr=carry, span_ptr=span)
-        elif config['kernel'] == 'state':
-            extra = dict(carry_ptr=A, span_ptr=A)
-        kernel = globals()[config['bwd']]
-        kernel[grid](u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A,
-                     grad_y, ckpt, du, ddelta, dA, dB, dC, dD, dbias, dim, length, cpg, n_chunks, dstate,
-                     u.stride(0), delta.stride(0), grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0),
-                     C.stride(1),
-                     HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                     BC_MODE=BC_MODES[bc], **kernel_args, **extra)
-        if bc == 'partial':
-            blocks = cpg // config['BLOCK_D']
-            dB = dB.view(batch, groups, blocks, dstate, length).sum(2)
-            dC = dC.view(batch, groups, blocks, dstate, length).sum(2)
+            _launch(_state_carry_kernel, grid,
+                    (delta, A, C, bias, grad_y, carry, span, dim, length, cpg, n_chunks, dstate, delta.stride(0),
+                     grad_y.stride(0), C.stride(0), C.stride(1)),
+                    dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus, N_STATES=dstate,
+                         BLOCK_D=config['BLOCK_D'], BLOCK_T=kernel_args['BLOCK_T'],
+                         num_warps=kernel_args['num_warps']))
+        pointers = (u, delta, A, B, C, D if D is not None else A, bias, grad_y, ckpt, du, ddelta, dA, dB, dC, dD,
+                    dbias) + ((carry, span) if config['kernel'] == 'state' else ())
+        _launch(globals()[config['bwd']], grid,
+                pointers + (dim, length, cpg, n_chunks, dstate, u.stride(0), delta.stride(0), grad_y.stride(0),
+                            B.stride(0), B.stride(1), C.stride(0), C.stride(1)),
+                dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+                     BC_MODE=BC_MODES[bc], **kernel_args))
         need = ctx.needs_input_grad
+        if need[3] or need[4]:
+            if bc == 'partial':
+                dBC = dBC.view(2, batch, groups, cpg // config['BLOCK_D'], dstate, length).sum(3)
+            if B.dtype == C.dtype:
+                dBC = dBC.to(B.dtype)  # one cast for both (none where it is the dtype already)
+                dB, dC = dBC[0], dBC[1]
+            else:
+                dB, dC = dBC[0].to(B.dtype), dBC[1].to(C.dtype)
+            shape_B, shape_C = ctx.bc_shapes
+            dB, dC = dB.view(shape_B), dC.view(shape_C)
         return (du if need[0] else None, ddelta if need[1] else None, dA if need[2] else None,
-                dB.to(B.dtype) if need[3] else None, dC.to(C.dtype) if need[4] else None,
+                dB if need[3] else None, dC if need[4] else None,
                 dD if D is not None and need[5] else None,
                 dbias if delta_bias is not None and need[6] else None, None, None)
 
@@ -1063,7 +1153,7 @@ class TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                           delta_bias: Optional[Tensor], delta_softplus: bool,
                           out_dtype: torch.dtype, differentiable: bool = True) -> Tuple[Tensor, Tensor]:
-    """Triton backend on normalised inputs (B, C grouped (b, g, n, L)). Returns y and h_L (fp32).
+    """Triton backend on normalised inputs (B, C grouped (b, g, n, L) or (b, n, L)). Returns y and h_L (fp32).
 
     ``differentiable=False`` (no gradient can flow; the dispatcher decides): the forward kernel is launched
     directly, without the autograd Function (its apply costs more host time than the launch) and without the

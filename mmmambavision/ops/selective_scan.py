@@ -231,15 +231,19 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
                                                differentiable=differentiable)
         return (y, last_state) if return_last_state else y
     batch, dim, length = u.shape
-    B = expand_bc(B, batch, dim, length)
-    C = expand_bc(C, batch, dim, length)
     out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
     if name == 'triton':
         from .scan_triton import selective_scan_triton
+        # (b, n, L) B and C go as they are (the kernels read them as one group): a view made here would be one
+        # more autograd node per call
+        B = B if B.dim() == 3 else expand_bc(B, batch, dim, length)
+        C = C if C.dim() == 3 else expand_bc(C, batch, dim, length)
         y, last_state = selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
                                               differentiable=differentiable)
     else:
-        y, last_state = selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+        y, last_state = selective_scan_torch(u, delta, A, expand_bc(B, batch, dim, length),
+                                             expand_bc(C, batch, dim, length), D, delta_bias, delta_softplus,
+                                             out_dtype)
     if z is not None:
         y = (y * F.silu(z.to(y.dtype))).to(u.dtype)
     return (y, last_state) if return_last_state else y
