@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -212,6 +213,28 @@ def test_benchmark_scan_cpu_table_and_cuda_graph_needs_cuda():
     assert 0 <= err_y < 1e-5 and 0 <= err_grad < 1e-5  # fp32 against float64
     refused = run_tool('tools/benchmark_scan.py', '--device', 'cpu', '--cuda-graph')
     assert refused.returncode == 2 and '--cuda-graph' in refused.stderr and '--device cuda' in refused.stderr
+
+
+def test_benchmark_scan_host_time_column():
+    """--host-time adds the host time per forward+backward call (on CPU: the whole call) as the last column."""
+    result = run_tool('tools/benchmark_scan.py', '--device', 'cpu', '--shapes', '1x8x40', '--no-ref-loop',
+                      '--repeats', '1', '--no-error', '--host-time')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'host f+b us' in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith('torch ')]
+    assert len(rows) == 1 and float(rows[0][-1]) > 0
+
+
+def test_host_time_is_the_mean_time_per_call_without_synchronising():
+    from mmmambavision.engine.timing import host_time
+    calls = []
+
+    def step():
+        calls.append(time.perf_counter())
+        time.sleep(0.005)
+    seconds = host_time(step, calls=4, warmup=2, device=torch.device('cpu'))
+    assert len(calls) == 6  # warm-up calls run, untimed
+    assert 0.005 <= seconds < 0.5
 
 
 def test_benchmark_scan_sweep_tries_the_chunk_parallel_backward_on_long_sequences():

@@ -14,6 +14,7 @@ Usage::
 
     python tools/benchmark_scan.py --device cpu
     python tools/benchmark_scan.py --device cuda
+    python tools/benchmark_scan.py --device cuda --cuda-graph --host-time   # also GPU time alone, host time alone
     python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton variants
     python tools/benchmark_scan.py --device cuda --tune-only --tune-verbose   # the sweep alone, every config
     python tools/benchmark_scan.py --device cuda --tune-only --tune-kernels state   # one family's variants
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision.ops import selective_scan, selective_scan_reference
-from mmmambavision.engine.timing import graph_times, synced_times
+from mmmambavision.engine.timing import graph_times, host_time, synced_times
 from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -170,7 +171,7 @@ def peak_case(backend, shape, dname, dstate):
     print(f'{peak.mib:.1f}')
 
 
-def run_case(backend, inputs, device, repeats, warmup, truth, graph=False):
+def run_case(backend, inputs, device, repeats, warmup, truth, graph=False, host=False):
     leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
     forward = make_forward(backend, leaves)
     grad_out = torch.ones(inputs['u'].shape, device=device) if truth is None else truth[2]
@@ -189,6 +190,7 @@ def run_case(backend, inputs, device, repeats, warmup, truth, graph=False):
         with torch.no_grad():
             graph_fwd = timed(forward, device, repeats, warmup, graph=True)
         graph_ms = (graph_fwd, timed(forward_backward, device, repeats, warmup, graph=True))
+    host_us = 1e6 * host_time(forward_backward, 100, warmup, device) if host and not slow else float('nan')
     with PeakMemory(device) as peak:
         start = time.perf_counter()
         y, grads = forward_backward()
@@ -198,7 +200,7 @@ def run_case(backend, inputs, device, repeats, warmup, truth, graph=False):
     if truth is not None:
         err_y = rel_err(y, truth[0])
         err_g = max(rel_err(g, truth[1][k]) for k, g in zip(leaves, grads))
-    return fwd_ms, both_ms, peak.mib, err_y, err_g, graph_ms
+    return fwd_ms, both_ms, peak.mib, err_y, err_g, graph_ms, host_us
 
 
 def tune_candidates(shape, dstate, level):
@@ -397,6 +399,9 @@ def main():
     parser.add_argument('--cuda-graph', action='store_true',
                         help='CUDA: also time each case replayed from a CUDA graph (no host overhead), and time the '
                              'sweep that way')
+    parser.add_argument('--host-time', action='store_true',
+                        help='also the host time per forward+backward call: the mean over 100 calls issued without '
+                             'synchronising (CUDA: what the host spends per call while the GPU keeps up)')
     parser.add_argument('--tune', action='store_true', help='CUDA: sweep the Triton variants afterwards')
     parser.add_argument('--tune-only', action='store_true', help='CUDA: only the sweep, no backend table')
     parser.add_argument('--tune-level', choices=['quick', 'full'], default='quick',
@@ -434,13 +439,16 @@ def main():
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
                     budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)
         return
-    print(f'device: {torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"}'
+    where = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
+    print(f'device: {where}'
           f'; torch {torch.__version__}; d_state {args.dstate}; softplus + delta_bias + D, no z; '
           f'median of {repeats}')
     header = (f"{'backend':<9} {'shape (b×d×L)':<14} {'dtype':<5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
               f"{'peak MiB':>9} {'err y':>8} {'err grad':>8} {'speed-up':>9}")
     if graph:
         header += f" {'graph fwd':>9} {'graph f+b':>9} {'speed-up':>9}"
+    if args.host_time:
+        header += f" {'host f+b us':>11}"
     print(header)
     print('-' * len(header))
     for shape in shapes:
@@ -458,9 +466,10 @@ def main():
                     continue
                 reps = 1 if backend == 'ref-loop' or (backend == 'torch' and device.type == 'cuda') else repeats
                 rows[backend] = run_case(backend, inputs, device, reps, 0 if reps == 1 else warmup, truth,
-                                         graph=graph and not (backend == 'torch' and device.type == 'cuda'))
+                                         graph=graph and not (backend == 'torch' and device.type == 'cuda'),
+                                         host=args.host_time and not (backend == 'torch' and device.type == 'cuda'))
             baseline = rows.get('cuda') or rows.get('ref-loop')
-            for backend, (fwd, both, mib, err_y, err_g, (graph_fwd, graph_both)) in rows.items():
+            for backend, (fwd, both, mib, err_y, err_g, (graph_fwd, graph_both), host_us) in rows.items():
                 if device.type == 'cpu':
                     mib = cpu_peak_in_fresh_process(backend, shape, dname, args.dstate, args.threads)
                 speed = f'{baseline[1] / both:8.2f}×' if baseline else ''
@@ -470,11 +479,16 @@ def main():
                     graph_speed = '' if not baseline or math.isnan(graph_both) else \
                         f'{baseline[5][1] / graph_both:8.2f}×'
                     line += f' {graph_fwd:9.3f} {graph_both:9.3f} {graph_speed:>9}'
+                if args.host_time:
+                    line += f' {host_us:11.1f}'
                 print(line, flush=True)
     print('speed-up: fwd+bwd time of the baseline (cuda on GPU, ref-loop on CPU) / this row\'s')
     if graph:
         print('graph fwd, graph f+b: ms per call replayed from a CUDA graph (GPU time without host overhead), '
               'median of the repeats, each the mean of 10 replays; its speed-up likewise')
+    if args.host_time:
+        print('host f+b us: host microseconds per forward+backward call, mean of 100 calls issued without '
+              'synchronising (CUDA: the host\'s share of an eager call while the GPU keeps up)')
     if args.tune and device.type == 'cuda':
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
                     budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)

@@ -14,7 +14,7 @@
 #      whole maps (8,8,none,none), S, B                                                 T_DET=240
 #   3b. the AdamW step alone: merged param groups vs mmengine's default constructor      120
 #   4. selective-scan kernels: cuda vs triton at the classification and detection shapes, fp16, eager and from
-#      a CUDA graph                                                                     T_SCAN=120
+#      a CUDA graph, host time per call                                                 T_SCAN=120
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_suite_out}
@@ -35,7 +35,8 @@ MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py -
 run det "${T_DET:-240}" $PY tools/benchmark.py --det --warmup 5 --runs 20 --det-models swin_t mambavision_t \
   mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
 run det_optim 120 $PY tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
-run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph --shapes 128x160x196 2x160x12544 \
+run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
+  --shapes 128x160x196 2x160x12544 \
   --dtypes fp16 --backends cuda triton
 for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan; do
   echo; echo "### $name"

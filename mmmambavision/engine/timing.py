@@ -24,6 +24,26 @@ def synced_times(step, runs, warmup, device, after=None):
     return times
 
 
+def host_time(step, calls, warmup, device):
+    """Host seconds per call of ``step()``: the mean over ``calls`` calls issued back to back without
+    synchronising, after ``warmup`` untimed ones.
+
+    On CUDA the clock stops before the final synchronisation, so this is what the host spends per call (Python,
+    dispatcher, allocations, launches) while the GPU works through the queue; it includes GPU time only where the
+    launch queue fills (the GPU slower than the host). On CPU it is the whole time per call."""
+    for _ in range(warmup):
+        step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    elapsed = time.perf_counter() - start
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return elapsed / calls
+
+
 def graph_times(step, runs, warmup, replays=10):
     """Seconds per call of ``step()`` replayed from a CUDA graph: ``runs`` timings, each the mean of ``replays``
     back-to-back replays (no Python, dispatcher or launch time: what the GPU itself takes).
