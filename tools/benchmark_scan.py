@@ -464,10 +464,10 @@ def main():
                 if backend == 'ref-loop' and shape_name(shape) not in map(shape_name, [
                         tuple(int(v) for v in s.split('x')) for s in REF_LOOP_SHAPES]):
                     continue
-                reps = 1 if backend == 'ref-loop' or (backend == 'torch' and device.type == 'cuda') else repeats
+                fallback = backend == 'torch' and device.type == 'cuda'  # slow there: one timed run, no extras
+                reps = 1 if backend == 'ref-loop' or fallback else repeats
                 rows[backend] = run_case(backend, inputs, device, reps, 0 if reps == 1 else warmup, truth,
-                                         graph=graph and not (backend == 'torch' and device.type == 'cuda'),
-                                         host=args.host_time and not (backend == 'torch' and device.type == 'cuda'))
+                                         graph=graph and not fallback, host=args.host_time and not fallback)
             baseline = rows.get('cuda') or rows.get('ref-loop')
             for backend, (fwd, both, mib, err_y, err_g, (graph_fwd, graph_both), host_us) in rows.items():
                 if device.type == 'cpu':
