@@ -155,7 +155,7 @@ def test_settle_loss_scaler_steps_until_two_steps_are_taken():
 
 def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     proc = run_tool('tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
-                    '--warmup', '0', '--runs', '1', timeout=600)
+                    '--warmup', '0', '--runs', '1', '--det-profile', timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert 'fp32 (no CUDA' in out and 'batch 2 x 64x96' in out
@@ -169,6 +169,38 @@ def test_benchmark_det_runs_on_cpu_and_prints_the_table():
     assert rest == pytest.approx(step - backbone - optim, abs=1.5)  # rounding of the printed cells
     assert cells[6] == '-' and cells[7] == '-'  # CPU: no peak memory; no Swin-T row to compare with
     assert 'init_weights' not in out  # mmengine's per-parameter init report stays out of the table
+    # --det-profile: every part of the detector was inside its range, on the host; no GPU here
+    profiled = out.split('torch.profiler, 1 steps per model')[1]
+    row = next(line for line in profiled.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    wall, gpu, idle, syncs, blocked = (float(cell) for cell in cells[1:6])
+    parts = [tuple(float(v) for v in cell.split(' / ')) for cell in cells[6:]]
+    assert len(parts) == len(benchmark.DET_PHASES) and gpu == 0 and syncs == 0 and idle == wall
+    assert all(host > 0 and device == 0 for host, device in parts[1:])  # backbone ... optimiser
+    assert wall * 0.9 < sum(host for host, _ in parts) <= wall + 1  # the parts are most of the step, not more
+
+
+def test_det_profile_attributes_gpu_work_to_the_part_that_launched_it():
+    ms = 1_000_000  # ns
+    events = [  # two steps: (name, kineto activity type, start ns, duration ns, correlation id)
+        ('det::backbone', 'user_annotation', 0, 10 * ms, 0),
+        ('cudaLaunchKernel', 'cuda_runtime', 1 * ms, 10_000, 7),
+        ('cuLaunchKernelEx', 'cuda_driver', 2 * ms, 10_000, 8),  # a Triton launch
+        ('det::backward', 'user_annotation', 20 * ms, 30 * ms, 0),
+        ('cudaLaunchKernel', 'cuda_runtime', 25 * ms, 10_000, 9),  # from autograd's thread, inside the range
+        ('cudaStreamSynchronize', 'cuda_runtime', 40 * ms, 6 * ms, 10),
+        ('aten::mm', 'cpu_op', 1 * ms, 2 * ms, 7),  # same id as a kernel, another id space: not a launch
+        ('gemm', 'kernel', 9 * ms, 4 * ms, 7),  # runs after its launcher's range ended: still the backbone's
+        ('scan', 'kernel', 12 * ms, 2 * ms, 8),
+        ('gemm_bwd', 'kernel', 26 * ms, 8 * ms, 9),
+        ('copy', 'gpu_memcpy', 15 * ms, 1 * ms, 99),  # no launch recorded: placed by its own start, no range
+        ('det::backbone', 'gpu_user_annotation', 9 * ms, 10 * ms, 0),  # not work: not counted
+        ('cudaMemcpy', 'cuda_runtime', 55 * ms, 2 * ms, 11),
+    ]
+    phases, gpu, blocked, syncs = benchmark.attribute_det_events(events, steps=2)
+    assert phases['backbone'] == (5.0, 3.0) and phases['backward'] == (15.0, 4.0)
+    assert phases['neck'] == (0, 0) and set(benchmark.DET_PHASES) <= set(phases)
+    assert gpu == 7.5 and blocked == 4.0 and syncs == 1.0
 
 
 def test_benchmark_det_optim_times_both_constructors_on_cpu():
@@ -185,6 +217,8 @@ def test_benchmark_det_optim_times_both_constructors_on_cpu():
 
 @pytest.mark.parametrize('args, message', [
     (['--det-optim'], 'argument --det-optim: only with --det'),
+    (['--det-profile'], 'argument --det-profile: only with --det'),
+    (['--det', '--det-optim', '--det-profile'], 'argument --det-profile: not with --det-optim'),
     (['--det', '--det-size', '0', '96'], 'argument --det-size'),
     (['--det', '--det-size', '64'], 'argument --det-size'),
     (['--det', '--det-size', '64', 'wide'], 'argument --det-size'),

@@ -16,6 +16,7 @@ Swin-T in the same detector; median step time and peak memory, one table.
     python tools/benchmark.py --det --det-window 8 8 none none        # ... and over whole maps, no padding
     python tools/benchmark.py --det --det-models mambavision_t@8,8,8,4 --det-size 64 96 --warmup 0 --runs 1
     python tools/benchmark.py --det --det-optim --det-models mambavision_t swin_t    # the AdamW step alone
+    python tools/benchmark.py --det --det-profile --det-models swin_t mambavision_t  # where the step's time goes
 """
 import argparse
 import gc
@@ -289,6 +290,115 @@ def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device
     return 1000 * statistics.median(times), peak, skipped, settle
 
 
+DET_PHASES = ('preprocess', 'backbone', 'neck', 'rpn_head', 'roi_head', 'backward', 'optimiser')
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy')
+GPU_WORK = ('kernel', 'gpu_memcpy', 'gpu_memset')  # kineto activity types run by the GPU
+LAUNCHES = ('cuda_runtime', 'cuda_driver')  # host calls into CUDA (cudaLaunchKernel, cuLaunchKernelEx, ...)
+
+
+def attribute_det_events(events, steps: int):
+    """Per-step totals of a profiled run from its events, (name, kineto activity type, start_ns, duration_ns,
+    correlation id).
+
+    Phases are the host ranges named ``det::<phase>``; a GPU kernel/copy counts for the phase during whose host range
+    it was launched (the CPU runtime call with the same correlation id; its own start where none is recorded), as
+    the backward's kernels are launched from autograd's thread while the main thread waits inside its range.
+    Other events (operators, GPU-side annotations) are not counted. Returns {phase: (host ms, GPU ms)}, GPU ms of
+    all kernels and copies, host ms blocked in synchronising CUDA calls (those of SYNC_CALLS) and how many there
+    were, each per step."""
+    launches, ranges, gpu = {}, [], []
+    blocked_ns, syncs = 0, 0
+    for name, activity, start, duration, correlation in events:
+        if activity in GPU_WORK:
+            gpu.append((start, duration, correlation))
+        elif activity == 'user_annotation' and name.startswith('det::'):
+            ranges.append((start, start + duration, name[5:]))
+        elif activity in LAUNCHES:
+            launches.setdefault(correlation, start)
+            if name in SYNC_CALLS:
+                blocked_ns += duration
+                syncs += 1
+    phases = {phase: [0, 0] for phase in DET_PHASES}
+    for start, end, phase in ranges:
+        phases.setdefault(phase, [0, 0])[0] += end - start
+    gpu_ns = 0
+    for start, duration, correlation in gpu:
+        gpu_ns += duration
+        launched = launches.get(correlation, start)
+        phase = next((p for s, e, p in ranges if s <= launched < e), None)
+        if phase is not None:
+            phases[phase][1] += duration
+    per_step = 1e6 * steps
+    return ({phase: (host / per_step, device / per_step) for phase, (host, device) in phases.items()},
+            gpu_ns / per_step, blocked_ns / per_step, syncs / steps)
+
+
+def _phase_ranges(model, optim_wrapper):
+    """Wraps the detector's parts and the optimiser wrapper's backward/step in ``det::<phase>`` profiler ranges;
+    returns a function that removes them."""
+    from torch.profiler import record_function
+
+    def ranged(method, label):
+        def call(*args, **kwargs):
+            with record_function(f'det::{label}'):
+                return method(*args, **kwargs)
+        return call
+
+    # what mmdet's TwoStageDetector.loss calls (the heads through their loss methods, not forward), and the
+    # optimiser wrapper's backward and step (update_params); instance attributes over the class's methods
+    wrapped = [(model.data_preprocessor, 'forward', 'preprocess'), (model.backbone, 'forward', 'backbone'),
+               (model.neck, 'forward', 'neck'), (model.rpn_head, 'loss_and_predict', 'rpn_head'),
+               (model.roi_head, 'loss', 'roi_head'), (optim_wrapper, 'backward', 'backward'),
+               (optim_wrapper, 'step', 'optimiser')]
+    for owner, method, label in wrapped:
+        setattr(owner, method, ranged(getattr(owner, method), label))
+
+    def remove():
+        for owner, method, _ in wrapped:
+            delattr(owner, method)
+    return remove
+
+
+def profile_det(model, optim_wrapper, data: dict, steps: int, device: torch.device):
+    """``attribute_det_events`` of ``steps`` train steps under torch.profiler (after the timed ones: warm), and
+    the wall ms per step of the profiled steps."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    remove = _phase_ranges(model, optim_wrapper)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    try:
+        with profile(activities=activities) as prof:
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_step(data, optim_wrapper)
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) * 1000 / steps
+    finally:
+        remove()
+    events = [(e.name(), e.activity_type(), e.start_ns(), e.duration_ns(), e.correlation_id())
+              for e in prof.profiler.kineto_results.events()]
+    return attribute_det_events(events, steps) + (wall,)
+
+
+def det_profile_table(profiles) -> List[str]:
+    """--det-profile's table: profiles is [(label, (phases, gpu ms, blocked ms, syncs, wall ms))]."""
+    head = ' | '.join(f'{phase} host / GPU ms' for phase in DET_PHASES)
+    lines = [f'| model | step ms (profiled) | GPU busy ms | GPU idle ms | syncs / step | host blocked in syncs ms | '
+             f'{head} |', '|---|' + '---:|' * (5 + len(DET_PHASES))]
+    for label, (phases, gpu, blocked, syncs, wall) in profiles:
+        cells = ' | '.join(f'{phases[p][0]:.1f} / {phases[p][1]:.1f}' for p in DET_PHASES)
+        lines.append(f'| {label} | {wall:.0f} | {gpu:.0f} | {max(wall - gpu, 0):.0f} | {syncs:.0f} | {blocked:.0f} | '
+                     f'{cells} |')
+    return lines + ['GPU busy: kernels and copies summed over the step; GPU idle = step - busy (where the GPU waits '
+                    'for the host). host: time inside the part on the host (the backward\'s includes the GPU work '
+                    'it waits for); GPU: kernels launched inside it. preprocess..roi_head: forward + losses.']
+
+
 def det_specs(args, parser, defaults: dict) -> List[Tuple[str, Optional[Tuple[int, ...]]]]:
     """The rows: --det-models (or the device default), then each MambaVision model at every --det-window."""
     specs = []
@@ -346,13 +456,15 @@ def run_det(args, parser) -> None:
           f'skipping, at most {DET_SETTLE_LIMIT}), synchronised; peak = torch.cuda.max_memory_allocated '
           'per model')
     data = make_det_batch(batch, height, width)
-    rows, notes = [], []
+    rows, notes, profiles = [], [], []
     for name, window in specs:
         label = f'{DET_MODELS[name][0]} ({"window " + ",".join(map(str, window)) if window else "config windows"})'
         try:
             label, model, optim_wrapper = build_detector(name, window, device)
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
             ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device)
+            if args.det_profile:
+                profiles.append((label, profile_det(model, optim_wrapper, data, min(runs, 5), device)))
             backbone_ms, optim_ms = measure_det_parts(model, optim_wrapper, data, runs, warmup, device)
             rows.append((name, label, params, ms, peak, skipped, backbone_ms, optim_ms))
             # 2 calls when nothing overflowed, 3 after the usual single skip at the initial scale (2 ** 16): note
@@ -371,6 +483,12 @@ def run_det(args, parser) -> None:
         if cuda:
             torch.cuda.empty_cache()
     print('\n' + '\n'.join(det_table(rows, notes)))
+    if profiles:
+        print(f'\ntorch.profiler, {min(runs, 5)} steps per model after the timed ones, per step:\n'
+              + '\n'.join(det_profile_table(profiles)))
+        if cuda and not any(profile[1] for _, profile in profiles):
+            print('warning: the profiler recorded no GPU kernels (CUPTI unavailable to torch.profiler?): the GPU '
+                  'columns are empty, not zero')
 
 
 def det_table(rows, notes) -> List[str]:
@@ -429,6 +547,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     det.add_argument('--det-optim', action='store_true',
                      help='time the optimiser step alone instead (AdamW of each row\'s detector, the configs\' '
                      'MergedGroupsOptimWrapperConstructor against mmengine\'s default one-group-per-parameter)')
+    det.add_argument('--det-profile', action='store_true',
+                     help='also profile each row\'s step (torch.profiler): GPU busy vs idle time, host '
+                     'synchronisations, host and GPU ms of each part of the detector')
     det.add_argument('--det-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                      help=f'image size (default: 800 1344 on CUDA, 256 384 on CPU; each at least {DET_MIN_SIZE})')
     det.add_argument('--det-window', nargs=4, action='append', metavar='W',
@@ -447,13 +568,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             if getattr(args, name):
                 parser.error(f'argument --{name.replace("_", "-")}: classification only, not with --det '
                              '(use --det-models / --det-size)')
+        if args.det_optim and args.det_profile:
+            parser.error('argument --det-profile: not with --det-optim (it profiles the whole train step)')
         if args.det_size is not None and min(args.det_size) < DET_MIN_SIZE:
             parser.error(f'argument --det-size: expected HEIGHT WIDTH, two ints of at least {DET_MIN_SIZE}, got '
                          f'{" ".join(map(str, args.det_size))}')
     else:
         if args.cuda_graph and not torch.cuda.is_available():
             parser.error('argument --cuda-graph: needs a CUDA device')
-        for name in ('det_models', 'det_size', 'det_window', 'det_optim'):
+        for name in ('det_models', 'det_size', 'det_window', 'det_optim', 'det_profile'):
             if getattr(args, name) not in (None, False):
                 parser.error(f'argument --{name.replace("_", "-")}: only with --det')
     return args, parser
