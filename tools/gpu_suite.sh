@@ -32,8 +32,8 @@ run cls "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph
 run cls_fused "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
 MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph \
   --fuse-conv-bn --models mambavision_tiny swin_tiny_patch4_window7_224
-run det "${T_DET:-240}" $PY tools/benchmark.py --det --warmup 5 --runs 20 --det-models swin_t mambavision_t \
-  mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
+run det "${T_DET:-240}" $PY tools/benchmark.py --det --det-profile --warmup 5 --runs 20 \
+  --det-models swin_t mambavision_t mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
 run det_optim 120 $PY tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
 run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
   --shapes 128x160x196 2x160x12544 \
