@@ -196,6 +196,7 @@ def test_det_profile_attributes_gpu_work_to_the_part_that_launched_it():
         ('copy', 'gpu_memcpy', 15 * ms, 1 * ms, 99),  # no launch recorded: placed by its own start, no range
         ('det::backbone', 'gpu_user_annotation', 9 * ms, 10 * ms, 0),  # not work: not counted
         ('cudaMemcpy', 'cuda_runtime', 55 * ms, 2 * ms, 11),
+        ('cudaDeviceSynchronize', 'cuda_runtime', 60 * ms, 9 * ms, 12),  # the harness's, between steps: not counted
     ]
     phases, gpu, blocked, syncs = benchmark.attribute_det_events(events, steps=2)
     assert phases['backbone'] == (5.0, 3.0) and phases['backward'] == (15.0, 4.0)

@@ -291,7 +291,9 @@ def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device
 
 
 DET_PHASES = ('preprocess', 'backbone', 'neck', 'rpn_head', 'roi_head', 'backward', 'optimiser')
-SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy')
+# what the step's own code blocks in (.item(), nonzero, copies to the host); not cudaDeviceSynchronize, which is
+# torch.cuda.synchronize: the harness's between steps (synced_times), not the detector's
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaEventSynchronize', 'cudaMemcpy')
 GPU_WORK = ('kernel', 'gpu_memcpy', 'gpu_memset')  # kineto activity types run by the GPU
 LAUNCHES = ('cuda_runtime', 'cuda_driver')  # host calls into CUDA (cudaLaunchKernel, cuLaunchKernelEx, ...)
 
@@ -361,23 +363,15 @@ def _phase_ranges(model, optim_wrapper):
 
 def profile_det(model, optim_wrapper, data: dict, steps: int, device: torch.device):
     """``attribute_det_events`` of ``steps`` train steps under torch.profiler (after the timed ones: warm), and
-    the wall ms per step of the profiled steps."""
-    import time
-
+    the wall ms per step of the profiled steps (synchronised like the timed ones)."""
     from torch.profiler import ProfilerActivity, profile
 
     remove = _phase_ranges(model, optim_wrapper)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     try:
         with profile(activities=activities) as prof:
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(steps):
-                model.train_step(data, optim_wrapper)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            wall = (time.perf_counter() - start) * 1000 / steps
+            times = synced_times(lambda: model.train_step(data, optim_wrapper), steps, 0, device)
+        wall = 1000 * statistics.mean(times)
     finally:
         remove()
     events = [(e.name(), e.activity_type(), e.start_ns(), e.duration_ns(), e.correlation_id())
@@ -457,6 +451,7 @@ def run_det(args, parser) -> None:
           'per model')
     data = make_det_batch(batch, height, width)
     rows, notes, profiles = [], [], []
+    profile_steps = min(runs, 5)
     for name, window in specs:
         label = f'{DET_MODELS[name][0]} ({"window " + ",".join(map(str, window)) if window else "config windows"})'
         try:
@@ -464,7 +459,7 @@ def run_det(args, parser) -> None:
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
             ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device)
             if args.det_profile:
-                profiles.append((label, profile_det(model, optim_wrapper, data, min(runs, 5), device)))
+                profiles.append((label, profile_det(model, optim_wrapper, data, profile_steps, device)))
             backbone_ms, optim_ms = measure_det_parts(model, optim_wrapper, data, runs, warmup, device)
             rows.append((name, label, params, ms, peak, skipped, backbone_ms, optim_ms))
             # 2 calls when nothing overflowed, 3 after the usual single skip at the initial scale (2 ** 16): note
@@ -484,7 +479,7 @@ def run_det(args, parser) -> None:
             torch.cuda.empty_cache()
     print('\n' + '\n'.join(det_table(rows, notes)))
     if profiles:
-        print(f'\ntorch.profiler, {min(runs, 5)} steps per model after the timed ones, per step:\n'
+        print(f'\ntorch.profiler, {profile_steps} steps per model after the timed ones, per step:\n'
               + '\n'.join(det_profile_table(profiles)))
         if cuda and not any(profile[1] for _, profile in profiles):
             print('warning: the profiler recorded no GPU kernels (CUPTI unavailable to torch.profiler?): the GPU '
