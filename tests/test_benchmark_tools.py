@@ -110,6 +110,11 @@ def test_benchmark_det_model_specs():
             benchmark.parse_det_model(bad)
 
 
+def test_benchmark_det_rounds_default_and_errors():
+    assert benchmark.DET_DEFAULTS['cuda']['rounds'] > 1 and benchmark.DET_DEFAULTS['cpu']['rounds'] == 1
+    assert benchmark.parse_args(['--det', '--det-rounds', '4'])[0].det_rounds == 4
+
+
 def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
     assert benchmark.parse_args([])[0].cudnn_benchmark is True
     assert benchmark.parse_args(['--no-cudnn-benchmark'])[0].cudnn_benchmark is False
@@ -127,9 +132,47 @@ def test_benchmark_det_table_gives_no_ratio_to_rows_with_skipped_optimiser_steps
     assert lines[4] == '| T whole | 31.2 | 150 | 40 | 6 | 104 | 4.00 | 2.00x |'  # rest: 150 - 40 - 6.5 = 103.5
     assert lines[5] == '| B | - | out of memory | - | - | - | - | - |'
     assert lines[6] == 'note: n1'
+    assert lines[7].startswith("floor: Swin-T's step less its backbone forward+backward is 220 ms, 0.73x its step")
     # a Swin-T row that skipped steps is no reference
     rows[0] = ('swin_t', 'Swin-T', 27.5, 300.0, 5.6, 3, 80.0, 50.0)
     assert benchmark.det_table(rows, [])[4].endswith('| - |')
+    assert not any(line.startswith('floor:') for line in benchmark.det_table(rows, []))
+
+
+def test_interleave_det_times_the_rows_in_turns_and_counts_skipped_steps():
+    calls = []
+
+    class Scaler:
+        def __init__(self, skip_at):
+            self.scale, self.skip_at, self.steps = 1024., skip_at, 0
+
+        def get_scale(self):
+            return self.scale
+
+    class Detector:
+        def __init__(self, name, skip_at=()):
+            self.name, self.scaler = name, Scaler(skip_at)
+
+        def train_step(self, data, optim_wrapper):
+            assert optim_wrapper.loss_scaler is self.scaler and data == {'batch': 1}
+            calls.append(self.name)
+            self.scaler.steps += 1
+            if self.scaler.steps in self.scaler.skip_at:
+                self.scaler.scale /= 2
+
+    class Wrapper:
+        def __init__(self, detector):
+            self.loss_scaler = detector.scaler
+
+    rows = [Detector('a'), Detector('b', skip_at=(3, 7)), Detector('c')]
+    result = benchmark.interleave_det([(d, Wrapper(d)) for d in rows], {'batch': 1}, runs=2, rounds=3,
+                                      device=torch.device('cpu'))
+    # each turn: one untimed step then 2 timed; rounds in order a b c, then c b a, then a b c
+    assert calls == ['a'] * 3 + ['b'] * 3 + ['c'] * 3 + ['c'] * 3 + ['b'] * 3 + ['a'] * 3 + ['a'] * 3 + ['b'] * 3 + \
+        ['c'] * 3
+    # b's steps 1, 4, 7 are untimed (the switch): its skip at step 3 counts, the one at step 7 does not
+    assert [skipped for _, skipped in result] == [0, 1, 0]
+    assert all(ms >= 0 for ms, _ in result)
 
 
 def test_settle_loss_scaler_steps_until_two_steps_are_taken():
@@ -204,6 +247,54 @@ def test_det_profile_attributes_gpu_work_to_the_part_that_launched_it():
     assert gpu == 7.5 and blocked == 4.0 and syncs == 1.0
 
 
+def test_kineto_activity_without_activity_type_as_in_older_torch():
+    """torch < 2.12 has no _KinetoEvent.activity_type (the device's 2.11): rebuilt from device, name, annotation."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    class Old:  # an older torch's event: no activity_type (and, with annotations=False, no is_user_annotation)
+        def __init__(self, name, device, correlation=0, annotation=None):
+            self._name, self._device, self._correlation, self._annotation = name, device, correlation, annotation
+
+        def name(self):
+            return self._name
+
+        def device_type(self):
+            return self._device
+
+        def correlation_id(self):
+            return self._correlation
+
+        def __getattr__(self, attr):
+            if attr == 'is_user_annotation' and self._annotation is not None:
+                return lambda: self._annotation
+            raise AttributeError(attr)
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function('det::backbone'):
+            torch.ones(8, 8).mm(torch.ones(8, 8))
+    events = list(prof.profiler.kineto_results.events())
+    if hasattr(events[0], 'activity_type'):  # this torch names them: the rebuilt type must agree
+        for event in events:
+            for annotation in (event.is_user_annotation(), None):
+                old = Old(event.name(), event.device_type(), event.correlation_id(), annotation)
+                assert benchmark.kineto_activity(old) == event.activity_type(), event.name()
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    cases = [(Old('det::roi_head', gpu, 0, True), 'gpu_user_annotation'),
+             (Old('det::roi_head', gpu, 0), 'gpu_user_annotation'),
+             (Old('Optimizer.step#AdamW.step', gpu, 0), 'gpu_user_annotation'),  # no correlation id: no work
+             (Old('void at::native::vectorized_elementwise_kernel<4>', gpu, 12, False), 'kernel'),
+             (Old('_scan_fwd_kernel', gpu, 13), 'kernel'),
+             (Old('Memcpy HtoD (Pageable -> Device)', gpu, 14, False), 'gpu_memcpy'),
+             (Old('Memset (Device)', gpu, 15), 'gpu_memset'),
+             (Old('cudaLaunchKernel', cpu, 12, False), 'cuda_runtime'),
+             (Old('cudaStreamSynchronize', cpu, 16), 'cuda_runtime'),
+             (Old('cuLaunchKernelEx', cpu, 13, False), 'cuda_driver'),
+             (Old('det::backward', cpu, 0), 'user_annotation'),
+             (Old('aten::mm', cpu, 3, False), 'cpu_op')]
+    for event, expected in cases:
+        assert benchmark.kineto_activity(event) == expected, event.name()
+
+
 def test_benchmark_det_optim_times_both_constructors_on_cpu():
     proc = run_tool('tools/benchmark.py', '--det', '--det-optim', '--det-models', 'mambavision_t@8,8,8,4',
                     '--warmup', '0', '--runs', '1', timeout=600)
@@ -229,6 +320,8 @@ def test_benchmark_det_optim_times_both_constructors_on_cpu():
     (['--det', '--channels-last'], 'classification only'),
     (['--det', '--fuse-conv-bn'], 'argument --fuse-conv-bn: classification only'),
     (['--det', '--det-window', '8', 'none', '8', '8'], 'argument --det-window'),
+    (['--det', '--det-rounds', '0'], 'argument --det-rounds: must be a positive int'),
+    (['--det-rounds', '2'], 'argument --det-rounds: only with --det'),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message):
     proc = run_tool('tools/benchmark.py', *args)

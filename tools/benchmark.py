@@ -87,12 +87,12 @@ SWIN_T = dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_he
               mlp_ratio=4, qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2,
               patch_norm=True, out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=True, init_cfg=None)
 SWIN_T_WIDTHS = [96, 192, 384, 768]
-DET_DEFAULTS = dict(  # per device type: models, image size (H, W), warm-up steps, timed steps
+DET_DEFAULTS = dict(  # per device type: models, image size (H, W), warm-up steps, timed steps, rounds
     cuda=dict(models=['mambavision_t', 'mambavision_s', 'mambavision_b', 'swin_t'], size=(800, 1344), warmup=5,
-              runs=20),
+              runs=10, rounds=3),
     # The published windows (8, 8, 112, 56) pad stage 3 to 112x112 tokens whatever the image size: ~3 min a step
     # on one CPU core. The CPU default keeps their idea (one padded window per image) at its own size.
-    cpu=dict(models=['mambavision_t@8,8,24,12', 'swin_t'], size=(256, 384), warmup=0, runs=1),
+    cpu=dict(models=['mambavision_t@8,8,24,12', 'swin_t'], size=(256, 384), warmup=0, runs=1, rounds=1),
 )
 DET_SETTLE_LIMIT = 60  # most extra warm-up steps spent waiting for the AMP loss scaler to stop skipping
 DET_BOXES = (3, 12)  # ground-truth instances per image, drawn uniformly
@@ -270,24 +270,47 @@ def settle_loss_scaler(step, scaler, limit: int = DET_SETTLE_LIMIT) -> int:
     return limit
 
 
-def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device):
+def timed_det_steps(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device):
+    """Seconds of each of ``runs`` synchronised ``model.train_step`` calls after ``warmup`` untimed ones, and how
+    many of the timed steps the AMP loss scaler skipped (it lowers its scale when it skips: inf/nan gradients)."""
+    scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    scales = [scaler.get_scale()] if scaler is not None else []  # the scale before each step, then after the last
+    times = synced_times(lambda: model.train_step(data, optim_wrapper), runs, warmup, device,
+                         after=(lambda: scales.append(scaler.get_scale())) if scaler is not None else None)
+    return times, sum(after < before for before, after in zip(scales[warmup:], scales[warmup + 1:]))
+
+
+def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device, others: int = 0):
     """Median ms of ``model.train_step`` (preprocessing, forward, loss, backward, optimiser step), synchronised,
-    the peak allocated GiB (CUDA), how many timed steps the loss scaler skipped, and how many extra warm-up steps
-    it took for the loss scaler to settle (see ``settle_loss_scaler``)."""
+    the peak allocated GiB (CUDA; less ``others`` bytes held by other live detectors), how many timed steps the loss
+    scaler skipped, and how many extra warm-up steps it took for the loss scaler to settle (``settle_loss_scaler``)."""
     cuda = device.type == 'cuda'
     scaler = getattr(optim_wrapper, 'loss_scaler', None)
-    step = lambda: model.train_step(data, optim_wrapper)  # noqa: E731
-    settle = settle_loss_scaler(step, scaler) if scaler is not None and warmup else 0
+    settle = 0
+    if scaler is not None and warmup:
+        settle = settle_loss_scaler(lambda: model.train_step(data, optim_wrapper), scaler)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    scales = [scaler.get_scale()] if scaler is not None else []  # the scale before each step, then after the last
-    times = synced_times(step, runs, warmup, device,
-                         after=(lambda: scales.append(scaler.get_scale())) if scaler is not None else None)
-    # the loss scaler lowers its scale when it skips a step (inf/nan gradients)
-    skipped = sum(after < before for before, after in zip(scales[warmup:], scales[warmup + 1:]))
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None
+    times, skipped = timed_det_steps(model, optim_wrapper, data, runs, warmup, device)
+    peak = (torch.cuda.max_memory_allocated() - others) / 2 ** 30 if cuda else None
     return 1000 * statistics.median(times), peak, skipped, settle
+
+
+def interleave_det(entries, data: dict, runs: int, rounds: int, device: torch.device):
+    """The rows' step times measured in turns: ``rounds`` rounds, each timing ``runs`` steps of every detector in
+    ``entries`` [(model, optim_wrapper)] (after one untimed step: the switch), the order reversed every other
+    round. One process warms up as it goes (caches, allocator, clocks), so rows timed one after the other are
+    not timed alike; in turns, every row sees the same process. Returns [(median ms, skipped timed steps)]."""
+    times, skipped = [[] for _ in entries], [0] * len(entries)
+    order = list(range(len(entries)))
+    for turn in range(rounds):
+        for index in (order if turn % 2 == 0 else order[::-1]):
+            model, optim_wrapper = entries[index]
+            step_times, step_skips = timed_det_steps(model, optim_wrapper, data, runs, 1, device)
+            times[index] += step_times
+            skipped[index] += step_skips
+    return [(1000 * statistics.median(t), k) for t, k in zip(times, skipped)]
 
 
 DET_PHASES = ('preprocess', 'backbone', 'neck', 'rpn_head', 'roi_head', 'backward', 'optimiser')
@@ -361,6 +384,26 @@ def _phase_ranges(model, optim_wrapper):
     return remove
 
 
+def kineto_activity(event) -> str:
+    """kineto's activity type of a profiler event ('kernel', 'gpu_memcpy', 'cuda_runtime', 'user_annotation', ...).
+    torch >= 2.12 names it (``_KinetoEvent.activity_type``); older torch (2.11 on the device machine) does not, so
+    it is rebuilt from what they expose: on the GPU, annotations (``is_user_annotation``; where that is missing too,
+    the det:: ranges and events without a correlation id), copies ('Memcpy ...'), memsets ('Memset ...') and
+    kernels; on the host, annotations, CUDA runtime (cuda*) and driver (cu*) calls, and operators."""
+    if hasattr(event, 'activity_type'):
+        return event.activity_type()
+    name, on_gpu = event.name(), event.device_type() == torch.autograd.DeviceType.CUDA
+    if hasattr(event, 'is_user_annotation'):
+        annotation = event.is_user_annotation()
+    else:
+        annotation = name.startswith('det::') or (on_gpu and not event.correlation_id())
+    if on_gpu:
+        return ('gpu_user_annotation' if annotation else 'gpu_memcpy' if name.startswith('Memcpy') else
+                'gpu_memset' if name.startswith('Memset') else 'kernel')
+    return ('user_annotation' if annotation else 'cuda_runtime' if name.startswith('cuda') else
+            'cuda_driver' if name.startswith('cu') else 'cpu_op')
+
+
 def profile_det(model, optim_wrapper, data: dict, steps: int, device: torch.device):
     """``attribute_det_events`` of ``steps`` train steps under torch.profiler (after the timed ones: warm), and
     the wall ms per step of the profiled steps (synchronised like the timed ones)."""
@@ -374,7 +417,7 @@ def profile_det(model, optim_wrapper, data: dict, steps: int, device: torch.devi
         wall = 1000 * statistics.mean(times)
     finally:
         remove()
-    events = [(e.name(), e.activity_type(), e.start_ns(), e.duration_ns(), e.correlation_id())
+    events = [(e.name(), kineto_activity(e), e.start_ns(), e.duration_ns(), e.correlation_id())
               for e in prof.profiler.kineto_results.events()]
     return attribute_det_events(events, steps) + (wall,)
 
@@ -433,6 +476,7 @@ def run_det(args, parser) -> None:
     batch = args.batch_size or 2
     runs = args.runs if args.runs is not None else defaults['runs']
     warmup = args.warmup if args.warmup is not None else defaults['warmup']
+    rounds = args.det_rounds if args.det_rounds is not None else defaults['rounds']
     register_all_modules()
     if args.det_optim:
         run_det_optim(specs, runs, warmup, device)
@@ -446,37 +490,49 @@ def run_det(args, parser) -> None:
           f'bitmap masks per image, 80 classes)\n'
           f'{precision}; AdamW (the configs\' lr / weight decay / paramwise settings); SyncBN as BN (one process); '
           f'no pretrained weights\n'
-          f'median of {runs} timed steps after {warmup} warm-up (AMP: then more, until the loss scaler stops '
-          f'skipping, at most {DET_SETTLE_LIMIT}), synchronised; peak = torch.cuda.max_memory_allocated '
-          'per model')
+          f'warm-up: {warmup} steps (AMP: then more, until the loss scaler stops skipping, at most '
+          f'{DET_SETTLE_LIMIT}); step ms: median of '
+          + (f'{runs} timed steps per row in each of {rounds} rounds, the rows in turn (all kept on the device)'
+             if rounds > 1 else f'{runs} timed steps, one row after the other')
+          + '; synchronised; peak = torch.cuda.max_memory_allocated of each row\'s own steps')
     data = make_det_batch(batch, height, width)
-    rows, notes, profiles = [], [], []
+    rows, notes, profiles, live = [], [], [], []  # live: (row index, model, optim_wrapper) kept for the turns
     profile_steps = min(runs, 5)
+    initial = torch.cuda.memory_allocated() if cuda else 0
     for name, window in specs:
         label = f'{DET_MODELS[name][0]} ({"window " + ",".join(map(str, window)) if window else "config windows"})'
         try:
+            others = torch.cuda.memory_allocated() - initial if cuda else 0  # the live rows before this one
             label, model, optim_wrapper = build_detector(name, window, device)
             params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
-            ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device)
+            ms, peak, skipped, settle = measure_det(model, optim_wrapper, data, runs, warmup, device, others)
             if args.det_profile:
                 profiles.append((label, profile_det(model, optim_wrapper, data, profile_steps, device)))
             backbone_ms, optim_ms = measure_det_parts(model, optim_wrapper, data, runs, warmup, device)
             rows.append((name, label, params, ms, peak, skipped, backbone_ms, optim_ms))
+            if rounds > 1:
+                live.append((len(rows) - 1, model, optim_wrapper))
             # 2 calls when nothing overflowed, 3 after the usual single skip at the initial scale (2 ** 16): note
             # only rows that kept overflowing
             if settle > 3:
                 scale = optim_wrapper.loss_scaler.get_scale()
                 notes.append(f'{label}: {settle} extra warm-up steps until the AMP loss scaler took two steps in a row '
                              f'(fp16 gradient overflow from random init; scale now {scale:g})')
-            if skipped:
-                notes.append(f'{label}: the loss scaler skipped {skipped} of {runs} timed optimiser steps '
-                             '(inf/nan fp16 gradients; the rest of the step still ran)')
         except torch.cuda.OutOfMemoryError:
             rows.append((name, label, None, None, 'OOM', 0, None, None))
         model = optim_wrapper = None
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+    if live:  # the step times again, every row in turn (interleave_det); these replace the one-after-the-other ones
+        timed = interleave_det([(model, optim_wrapper) for _, model, optim_wrapper in live], data, runs, rounds, device)
+        for (index, _, _), (ms, skipped) in zip(live, timed):
+            rows[index] = rows[index][:3] + (ms, rows[index][4], skipped) + rows[index][6:]
+        live = None
+    for row in rows:
+        if row[5]:
+            notes.append(f'{row[1]}: the loss scaler skipped {row[5]} of {runs * max(rounds, 1)} timed optimiser steps '
+                         '(inf/nan fp16 gradients; the rest of the step still ran)')
     print('\n' + '\n'.join(det_table(rows, notes)))
     if profiles:
         print(f'\ntorch.profiler, {profile_steps} steps per model after the timed ones, per step:\n'
@@ -505,7 +561,14 @@ def det_table(rows, notes) -> List[str]:
             ratio = f'n/c ({skipped} steps skipped)'
         lines.append(f'| {label} | {params:.1f} | {ms:.0f} | {backbone_ms:.0f} | {optim_ms:.0f} | '
                      f'{ms - backbone_ms - optim_ms:.0f} | {peak_text} | {ratio} |')
-    return lines + [f'note: {note}' for note in notes]
+    lines += [f'note: {note}' for note in notes]
+    reference = next((row for row in rows if row[0] == 'swin_t' and row[3] and not row[5]), None)
+    if reference is not None:  # what the shared detector costs alone: the floor for any backbone's row
+        step, backbone_ms = reference[3], reference[6]
+        lines.append(f'floor: Swin-T\'s step less its backbone forward+backward is {step - backbone_ms:.0f} ms, '
+                     f'{(step - backbone_ms) / step:.2f}x its step: about the lowest ratio any backbone could reach '
+                     'in this run (the same neck, heads, losses and optimiser around it)')
+    return lines
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, argparse.ArgumentParser]:
@@ -518,7 +581,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     parser.add_argument('--batch-size', type=int, default=None, help='default: 128 (CUDA) / 2 (CPU); --det: 2')
     parser.add_argument('--img-size', type=int, default=None, help='classification input side (default 224)')
     parser.add_argument('--runs', type=int, default=None,
-                        help='timed runs (default: 30 CUDA / 3 CPU; --det: 20 CUDA / 1 CPU)')
+                        help='timed runs (default: 30 CUDA / 3 CPU; --det: 10 per row and round CUDA / 1 CPU)')
     parser.add_argument('--warmup', type=int, default=None,
                         help='warm-up runs (default: 10 CUDA / 1 CPU; --det: 5 CUDA / 0 CPU)')
     parser.add_argument('--channels-last', action='store_true', help='also measure each model in channels_last')
@@ -545,6 +608,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     det.add_argument('--det-profile', action='store_true',
                      help='also profile each row\'s step (torch.profiler): GPU busy vs idle time, host '
                      'synchronisations, host and GPU ms of each part of the detector')
+    det.add_argument('--det-rounds', type=int, metavar='N',
+                     help='time the rows in turns: N rounds of --runs steps of every row, all detectors kept on the '
+                     'device (default: 3 on CUDA, 1 on CPU; 1: one row after the other, each freed after its turn). '
+                     'A process gets faster as it warms up, so rows timed one after the other are biased by order')
     det.add_argument('--det-size', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
                      help=f'image size (default: 800 1344 on CUDA, 256 384 on CPU; each at least {DET_MIN_SIZE})')
     det.add_argument('--det-window', nargs=4, action='append', metavar='W',
@@ -565,13 +632,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                              '(use --det-models / --det-size)')
         if args.det_optim and args.det_profile:
             parser.error('argument --det-profile: not with --det-optim (it profiles the whole train step)')
+        if args.det_rounds is not None and args.det_rounds < 1:
+            parser.error(f'argument --det-rounds: must be a positive int, got {args.det_rounds}')
         if args.det_size is not None and min(args.det_size) < DET_MIN_SIZE:
             parser.error(f'argument --det-size: expected HEIGHT WIDTH, two ints of at least {DET_MIN_SIZE}, got '
                          f'{" ".join(map(str, args.det_size))}')
     else:
         if args.cuda_graph and not torch.cuda.is_available():
             parser.error('argument --cuda-graph: needs a CUDA device')
-        for name in ('det_models', 'det_size', 'det_window', 'det_optim', 'det_profile'):
+        for name in ('det_models', 'det_size', 'det_window', 'det_optim', 'det_profile', 'det_rounds'):
             if getattr(args, name) not in (None, False):
                 parser.error(f'argument --{name.replace("_", "-")}: only with --det')
     return args, parser

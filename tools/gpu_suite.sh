@@ -11,7 +11,7 @@
 #   2. classification throughput: T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and without
 #      BatchNorm folding; the Triton scan for T                                         T_CLS=240
 #   3. Cascade Mask R-CNN train step: Swin-T first (warm-up row), T at the published windows, (8,8,56,28) and
-#      whole maps (8,8,none,none), S, B                                                 T_DET=240
+#      whole maps (8,8,none,none), S, B; the rows timed in turns (3 rounds)             T_DET=360
 #   3b. the AdamW step alone: merged param groups vs mmengine's default constructor      120
 #   4. selective-scan kernels: cuda vs triton at the classification and detection shapes, fp16, eager and from
 #      a CUDA graph, host time per call                                                 T_SCAN=120
@@ -32,7 +32,7 @@ run cls "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph
 run cls_fused "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
 MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph \
   --fuse-conv-bn --models mambavision_tiny swin_tiny_patch4_window7_224
-run det "${T_DET:-240}" $PY tools/benchmark.py --det --det-profile --warmup 5 --runs 20 \
+run det "${T_DET:-360}" $PY tools/benchmark.py --det --det-profile --warmup 5 --runs 10 --det-rounds 3 \
   --det-models swin_t mambavision_t mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
 run det_optim 120 $PY tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
 run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
