@@ -40,5 +40,5 @@ run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph
   --dtypes fp16 --backends cuda triton
 for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan; do
   echo; echo "### $name"
-  grep -E '^\||^device|^ratios|^note|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -40
+  grep -E '^\||^device|^ratios|^note|^floor|^warm-up|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -40
 done
