@@ -322,6 +322,7 @@ def test_benchmark_det_optim_times_both_constructors_on_cpu():
     (['--det', '--det-window', '8', 'none', '8', '8'], 'argument --det-window'),
     (['--det', '--det-rounds', '0'], 'argument --det-rounds: must be a positive int'),
     (['--det-rounds', '2'], 'argument --det-rounds: only with --det'),
+    (['--det', '--det-optim', '--det-rounds', '2'], 'argument --det-rounds: not with --det-optim'),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message):
     proc = run_tool('tools/benchmark.py', *args)

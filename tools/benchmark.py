@@ -520,6 +520,9 @@ def run_det(args, parser) -> None:
                              f'(fp16 gradient overflow from random init; scale now {scale:g})')
         except torch.cuda.OutOfMemoryError:
             rows.append((name, label, None, None, 'OOM', 0, None, None))
+            if live:
+                notes.append(f'{label}: out of memory with {len(live)} other detector(s) kept on the device for '
+                             f'--det-rounds {rounds}; --det-rounds 1 times each row alone')
         model = optim_wrapper = None
         gc.collect()
         if cuda:
@@ -632,6 +635,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                              '(use --det-models / --det-size)')
         if args.det_optim and args.det_profile:
             parser.error('argument --det-profile: not with --det-optim (it profiles the whole train step)')
+        if args.det_optim and args.det_rounds is not None:
+            parser.error('argument --det-rounds: not with --det-optim (it times the optimiser step of each row alone)')
         if args.det_rounds is not None and args.det_rounds < 1:
             parser.error(f'argument --det-rounds: must be a positive int, got {args.det_rounds}')
         if args.det_size is not None and min(args.det_size) < DET_MIN_SIZE:
