@@ -551,7 +551,8 @@ def det_table(rows, notes) -> List[str]:
     skipped gets no ratio (not the same work), and Swin-T's time only counts when its own steps all ran. "rest"
     is the step less the backbone and the optimiser: preprocessing, neck, heads, losses, loss scaling - the same
     mmdet code in every row."""
-    swin = next((row[3] for row in rows if row[0] == 'swin_t' and row[3] and not row[5]), None)
+    reference = next((row for row in rows if row[0] == 'swin_t' and row[3] and not row[5]), None)
+    swin = reference[3] if reference is not None else None
     lines = ['| model | backbone params (M) | step ms (median) | backbone fwd+bwd ms | optimiser step ms | rest ms | '
              'peak GiB | speed vs Swin-T (Swin-T ms / ms) |', '|---|---:|---:|---:|---:|---:|---:|---:|']
     for name, label, params, ms, peak, skipped, backbone_ms, optim_ms in rows:
@@ -565,7 +566,6 @@ def det_table(rows, notes) -> List[str]:
         lines.append(f'| {label} | {params:.1f} | {ms:.0f} | {backbone_ms:.0f} | {optim_ms:.0f} | '
                      f'{ms - backbone_ms - optim_ms:.0f} | {peak_text} | {ratio} |')
     lines += [f'note: {note}' for note in notes]
-    reference = next((row for row in rows if row[0] == 'swin_t' and row[3] and not row[5]), None)
     if reference is not None:  # what the shared detector costs alone: the floor for any backbone's row
         step, backbone_ms = reference[3], reference[6]
         lines.append(f'floor: Swin-T\'s step less its backbone forward+backward is {step - backbone_ms:.0f} ms, '
