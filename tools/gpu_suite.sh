@@ -10,7 +10,7 @@
 #   1. GPU tests: mixer, inference paths, selective scan (tests/test_*_gpu.py)     T_TESTS=300
 #   2. classification throughput: T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and without
 #      BatchNorm folding; the Triton scan for T                                         T_CLS=240
-#   3. Cascade Mask R-CNN train step: Swin-T first (warm-up row), T at the published windows, (8,8,56,28) and
+#   3. Cascade Mask R-CNN train step: Swin-T, T at the published windows, (8,8,56,28) and
 #      whole maps (8,8,none,none), S, B; the rows timed in turns (3 rounds)             T_DET=360
 #   3b. the AdamW step alone: merged param groups vs mmengine's default constructor      120
 #   4. selective-scan kernels: cuda vs triton at the classification and detection shapes, fp16, eager and from
