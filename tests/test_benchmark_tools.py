@@ -1,6 +1,5 @@
 """tools/get_flops.py (selective scan and window attention counted, against hand counts) and tools/benchmark.py
 --det (the detection train-step table on CPU, argument errors). CPU only, about a minute in all."""
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -18,20 +17,13 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_tool(*args, timeout=120):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
-get_flops = load_tool('get_flops')
-benchmark = load_tool('benchmark')
+import benchmark  # noqa: E402  (tools/analysis_tools, on pytest's pythonpath)
+import get_flops  # noqa: E402
 
 
 def hand_scan(windows: int, dim: int, tokens: int, d_state: int = 8) -> int:
@@ -75,7 +67,7 @@ def test_scan_formula_is_mambas_convention():
 
 
 def test_get_flops_cli_prints_the_table():
-    proc = run_tool('tools/get_flops.py', '--arch', 'tiny', '--shape', '64')
+    proc = run_tool('tools/analysis_tools/get_flops.py', '--arch', 'tiny', '--shape', '64')
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert '| model | input (HxW) | GFLOPs | params (M) | selective scan share |' in out
@@ -95,7 +87,7 @@ def test_get_flops_cli_prints_the_table():
     (['configs/det/missing.py'], 'file not found'),
 ])
 def test_get_flops_bad_arguments_exit_with_a_message(args, argument):
-    proc = run_tool('tools/get_flops.py', *args)
+    proc = run_tool('tools/analysis_tools/get_flops.py', *args)
     assert proc.returncode != 0
     assert argument in proc.stderr
 
@@ -197,7 +189,7 @@ def test_settle_loss_scaler_steps_until_two_steps_are_taken():
 
 
 def test_benchmark_det_runs_on_cpu_and_prints_the_table():
-    proc = run_tool('tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
+    proc = run_tool('tools/analysis_tools/benchmark.py', '--det', '--det-models', 'mambavision_t@8,8,8,4', '--det-size', '64', '96',
                     '--warmup', '0', '--runs', '1', '--det-profile', timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -296,7 +288,7 @@ def test_kineto_activity_without_activity_type_as_in_older_torch():
 
 
 def test_benchmark_det_optim_times_both_constructors_on_cpu():
-    proc = run_tool('tools/benchmark.py', '--det', '--det-optim', '--det-models', 'mambavision_t@8,8,8,4',
+    proc = run_tool('tools/analysis_tools/benchmark.py', '--det', '--det-optim', '--det-models', 'mambavision_t@8,8,8,4',
                     '--warmup', '0', '--runs', '1', timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = next(line for line in proc.stdout.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
@@ -325,7 +317,7 @@ def test_benchmark_det_optim_times_both_constructors_on_cpu():
     (['--det', '--det-optim', '--det-rounds', '2'], 'argument --det-rounds: not with --det-optim'),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message):
-    proc = run_tool('tools/benchmark.py', *args)
+    proc = run_tool('tools/analysis_tools/benchmark.py', *args)
     assert proc.returncode != 0
     assert message in proc.stderr
 
@@ -333,20 +325,20 @@ def test_benchmark_bad_arguments_exit_with_a_message(args, message):
 def test_benchmark_scan_cpu_table_and_cuda_graph_needs_cuda():
     """tools/benchmark_scan.py on CPU: the table with the torch backend and its float64 errors; --cuda-graph
     without a CUDA device is refused, naming the argument."""
-    result = run_tool('tools/benchmark_scan.py', '--device', 'cpu', '--shapes', '1x8x40', '--no-ref-loop',
+    result = run_tool('tools/analysis_tools/benchmark_scan.py', '--device', 'cpu', '--shapes', '1x8x40', '--no-ref-loop',
                       '--repeats', '1')
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith('torch ')]
     assert len(rows) == 1 and rows[0][1] == '1×8×40' and rows[0][2] == 'fp32'
     err_y, err_grad = float(rows[0][6]), float(rows[0][7])
     assert 0 <= err_y < 1e-5 and 0 <= err_grad < 1e-5  # fp32 against float64
-    refused = run_tool('tools/benchmark_scan.py', '--device', 'cpu', '--cuda-graph')
+    refused = run_tool('tools/analysis_tools/benchmark_scan.py', '--device', 'cpu', '--cuda-graph')
     assert refused.returncode == 2 and '--cuda-graph' in refused.stderr and '--device cuda' in refused.stderr
 
 
 def test_benchmark_scan_host_time_column():
     """--host-time adds the host time per forward+backward call (on CPU: the whole call) as the last column."""
-    result = run_tool('tools/benchmark_scan.py', '--device', 'cpu', '--shapes', '1x8x40', '--no-ref-loop',
+    result = run_tool('tools/analysis_tools/benchmark_scan.py', '--device', 'cpu', '--shapes', '1x8x40', '--no-ref-loop',
                       '--repeats', '1', '--no-error', '--host-time')
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'host f+b us' in result.stdout
@@ -355,7 +347,7 @@ def test_benchmark_scan_host_time_column():
 
 
 def test_host_time_is_the_mean_time_per_call_without_synchronising():
-    from mmmambavision.engine.timing import host_time
+    from timing import host_time
     calls = []
 
     def step():
@@ -368,7 +360,7 @@ def test_host_time_is_the_mean_time_per_call_without_synchronising():
 
 def test_benchmark_scan_sweep_tries_the_chunk_parallel_backward_on_long_sequences():
     pytest.importorskip('triton')
-    benchmark_scan = load_tool('benchmark_scan')
+    import benchmark_scan
     long = benchmark_scan.tune_candidates((2, 160, 12544), 8, 'quick')
     split = [c for c in long if c['kernel'] == 'state' and c['BWD_T']]
     assert {c['BWD_T'] for c in split} == {128, 256, 512, 1024}

@@ -5,7 +5,7 @@ import os.path as osp
 import numpy as np
 import pytest
 
-from mmmambavision.datasets.coco_demo import (COCO_CATEGORIES, DEMO_CATEGORIES, config_options,
+from mmmambavision.testing.coco_demo import (COCO_CATEGORIES, DEMO_CATEGORIES, config_options,
                                               generate_coco_demo, is_generated)
 
 

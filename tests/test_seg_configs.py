@@ -15,7 +15,7 @@ from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import mmmambavision  # noqa: E402,F401
-from mmmambavision.datasets.ade20k_demo import DEMO_CLASSES  # noqa: E402
+from mmmambavision.testing.ade20k_demo import DEMO_CLASSES  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'seg', '*.py')))
@@ -124,7 +124,7 @@ def test_demo_classes_are_ade20k_class_names():
 def test_demo_dataset_keeps_labels_and_ignores_zero(tmp_path):
     """ADE20KDataset restricted to the demo classes maps annotation k to class k-1 and 0 to ignore (255)."""
     from mmseg.datasets import ADE20KDataset
-    from mmmambavision.datasets.ade20k_demo import generate_ade20k_demo
+    from mmmambavision.testing.ade20k_demo import generate_ade20k_demo
     generate_ade20k_demo(str(tmp_path), num_train=2, num_val=1, image_size=(40, 32))
     init_default_scope('mmseg')
     dataset = ADE20KDataset(

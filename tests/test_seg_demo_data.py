@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmmambavision.datasets.ade20k_demo import DEMO_CLASSES, generate_ade20k_demo, is_generated
+from mmmambavision.testing.ade20k_demo import DEMO_CLASSES, generate_ade20k_demo, is_generated
 
 
 def listing(root):

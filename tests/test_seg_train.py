@@ -9,7 +9,7 @@ import sys
 import pytest
 
 pytest.importorskip('mmseg')
-from mmmambavision.datasets.ade20k_demo import generate_ade20k_demo  # noqa: E402
+from mmmambavision.testing.ade20k_demo import generate_ade20k_demo  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs', 'seg', 'demo_upernet_mambavision_t_synthade.py')

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip('mmdet')
 
-from mmmambavision.datasets.coco_demo import config_options, generate_coco_demo  # noqa: E402
+from mmmambavision.testing.coco_demo import config_options, generate_coco_demo  # noqa: E402
 from mmmambavision.engine import UntrustedCheckpointError, trusted_checkpoint  # noqa: E402
 from mmmambavision.engine.entrypoints import test_main as run_test_tool  # noqa: E402
 from mmmambavision.engine.entrypoints import train_main as run_train_tool  # noqa: E402
@@ -186,7 +186,7 @@ def test_missing_data_and_weights_say_what_to_do(tmp_path):
         check_data(cfg, ['train_dataloader'])
     demo = Config.fromfile(DEMO_CONFIG)
     demo.train_dataloader.dataset.data_root = str(tmp_path / 'synthcoco') + '/'
-    with pytest.raises(FileNotFoundError, match='mmmambavision.datasets.coco_demo'):
+    with pytest.raises(FileNotFoundError, match='mmmambavision.testing.coco_demo'):
         check_data(demo, ['train_dataloader'])
 
 

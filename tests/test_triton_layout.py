@@ -6,7 +6,6 @@ L % 16 != 0 (196, 49: MambaVision's classification windows) start unaligned, and
 (``_tile_layout_hint``) their tiles got one step per thread in 32-step stripes across warps: the backward ran at
 about a third of its speed. Compiling needs no GPU (Triton ships the sm_90 toolchain); skipped without Triton.
 """
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -18,11 +17,7 @@ try:
 except ImportError:  # pragma: no cover - a Triton without these compiler entry points
     pytest.skip('this Triton has no ASTSource/GPUTarget', allow_module_level=True)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('_tool_scan_kernel_stats', osp.join(REPO, 'tools',
-                                                                                   'scan_kernel_stats.py'))
-stats = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stats)
+import scan_kernel_stats as stats  # noqa: E402  (tools/analysis_tools, on pytest's pythonpath)
 needs_cuobjdump = pytest.mark.skipif(not osp.exists(osp.join(stats.TOOLS, 'cuobjdump')),
                                      reason="this Triton wheel ships no cuobjdump")
 

@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     use_one_thread_when_busy()
     os.chdir(REPO)  # the config's relative paths (data/, work_dirs/) are relative to the repository
-    from mmmambavision.datasets.coco_demo import config_options, generate_coco_demo, is_generated
+    from mmmambavision.testing.coco_demo import config_options, generate_coco_demo, is_generated
     from mmmambavision.engine.entrypoints import test_main, train_main
 
     start = time.time()

@@ -77,7 +77,7 @@ def latest_test_metrics(work_dir: str) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmmambavision.datasets.ade20k_demo import generate_ade20k_demo, is_generated
+    from mmmambavision.testing.ade20k_demo import generate_ade20k_demo, is_generated
 
     if is_generated(args.data_root):
         print(f'using the synthetic data set in {args.data_root}')

@@ -28,14 +28,14 @@ run() {  # name timeout command...
 nvidia-smi -L 2>/dev/null; date -u
 run scan_gpu_tests "${T_TESTS:-300}" $PY -m pytest -q -p no:cacheprovider tests/test_mixer_gpu.py \
   tests/test_inference_paths.py tests/test_selective_scan_gpu.py
-run cls "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph
-run cls_fused "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
-MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/benchmark.py --channels-last --cuda-graph \
+run cls "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph
+run cls_fused "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
+MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph \
   --fuse-conv-bn --models mambavision_tiny swin_tiny_patch4_window7_224
-run det "${T_DET:-360}" $PY tools/benchmark.py --det --det-profile --warmup 5 --runs 10 --det-rounds 3 \
+run det "${T_DET:-360}" $PY tools/analysis_tools/benchmark.py --det --det-profile --warmup 5 --runs 10 --det-rounds 3 \
   --det-models swin_t mambavision_t mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
-run det_optim 120 $PY tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
-run scan "${T_SCAN:-120}" $PY tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
+run det_optim 120 $PY tools/analysis_tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
+run scan "${T_SCAN:-120}" $PY tools/analysis_tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
   --shapes 128x160x196 2x160x12544 \
   --dtypes fp16 --backends cuda triton
 for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan; do

@@ -1,10 +1,10 @@
 # The embedded demo (tools/demo.py): Cascade Mask R-CNN + MambaVision-T, the recipe of
-# ./cascade_mambavision_t_3x.py, on the small synthetic COCO-layout set of mmmambavision.datasets.coco_demo
+# ./cascade_mambavision_t_3x.py, on the small synthetic COCO-layout set of mmmambavision.testing.coco_demo
 # (real COCO category table, 6 categories drawn as coloured shapes, 128x160 images), sized to train in minutes on
 # 2 CPU cores. Differences from the 3x config: image scale (~128 px instead of ~800), windows that fit that scale,
 # 64-channel FPN and RoI heads, fewer proposals / sampled RoIs, no ImageNet initialisation, a short schedule and
 # a higher learning rate, fp32 instead of AMP.
-#   python -m mmmambavision.datasets.coco_demo data/synthcoco     # or let tools/demo.py generate it
+#   python -m mmmambavision.testing.coco_demo data/synthcoco     # or let tools/demo.py generate it
 #   python tools/train.py configs/det/demo_cascade_mambavision_t_synthcoco.py
 _base_ = './cascade_mambavision_t_3x.py'
 

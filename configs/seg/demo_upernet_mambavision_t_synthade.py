@@ -1,5 +1,5 @@
 # Embedded default for segmentation: UperNet + MambaVision-T on the synthetic ADE20K-layout data of
-# mmmambavision.datasets.ade20k_demo (8 classes, 128x128 images), from scratch, a short CPU schedule.
+# mmmambavision.testing.ade20k_demo (8 classes, 128x128 images), from scratch, a short CPU schedule.
 #   python tools/demo_seg.py                      # generates data/synthade if absent, trains, tests
 # The full recipe (heads, losses, AdamW + warm-up + poly, AMP, evaluation) is the T config's; what changes is
 # the data, the crop, the windows (one per stage-3/4 map at this size), the head widths, the length and the

@@ -6,7 +6,6 @@
 * :mod:`.device`: running GPU configs on a machine without CUDA (AMP falls back to fp32 with one warning).
 * :mod:`.entrypoints`: the train / test command lines, dispatching on the config's ``default_scope``
   (``mmdet`` or ``mmseg``).
-* :mod:`.timing`: the synchronised timing loop of the benchmark tools.
 """
 from .device import fall_back_to_fp32, check_launcher
 from .trusted_checkpoint import (UntrustedCheckpointError, install_checkpoint_loader, is_trusted,

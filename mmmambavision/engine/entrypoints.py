@@ -109,7 +109,7 @@ def check_data(cfg: Config, loaders: Sequence[str]) -> None:
             dataset = dataset['dataset']
         data_root = dataset.get('data_root') if isinstance(dataset, dict) else None
         if data_root and '://' not in data_root and not osp.isdir(data_root):
-            hint = ('generate the synthetic demo set with `python -m mmmambavision.datasets.coco_demo ' +
+            hint = ('generate the synthetic demo set with `python -m mmmambavision.testing.coco_demo ' +
                     data_root + '` (or run tools/demo.py)') if 'synth' in data_root else (
                         'lay the data out as README.md (Detection / Segmentation: data layout) describes (e.g. '
                         'data/coco/{annotations,train2017,val2017}), or point the config at it with '

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision.ops import selective_scan, selective_scan_reference
-from mmmambavision.engine.timing import graph_times, host_time, synced_times
+from timing import graph_times, host_time, synced_times
 from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmmambavision import MambaVision
-from mmmambavision.engine.timing import synced_times
+from timing import synced_times
 from mmmambavision.ops import selected_backend
 
 

@@ -17,7 +17,7 @@ training run reaches a box AP far above zero (see README.md, Detection).
 
 Usage::
 
-    python -m mmmambavision.datasets.coco_demo data/synthcoco --num-train 64 --num-val 16
+    python -m mmmambavision.testing.coco_demo data/synthcoco --num-train 64 --num-val 16
 """
 import argparse
 import json

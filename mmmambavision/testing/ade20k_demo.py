@@ -18,7 +18,7 @@ run reaches a mIoU far above chance.
 
 Usage::
 
-    python -m mmmambavision.datasets.ade20k_demo data/synthade --num-train 64 --num-val 16
+    python -m mmmambavision.testing.ade20k_demo data/synthade --num-train 64 --num-val 16
 """
 import argparse
 import os
