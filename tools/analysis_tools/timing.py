@@ -1,4 +1,16 @@
-"""The timing loop of the benchmark tools (``tools/benchmark.py``, ``tools/benchmark_scan.py``)."""
+"""The timing of the analysis tools (benchmark.py, benchmark_det.py, profile_det.py, benchmark_scan.py): synchronised
+timing, CUDA-graph timing, host time per call, and the argparse types of their counts (--runs, --warmup, ...).
+
+The tools import it as a sibling module (``tools/analysis_tools`` is the script's folder when one is run, and on
+pytest's pythonpath)::
+
+    from timing import graph_times, host_time, synced_times
+
+    seconds = synced_times(lambda: model(x), runs=30, warmup=10, device=device)  # one per timed call
+    seconds = graph_times(lambda: model(x), runs=30, warmup=10)                  # CUDA: replays of one captured call
+    per_call = host_time(lambda: model(x), calls=100, warmup=10, device=device)  # the host's share, unsynchronised
+"""
+import argparse
 import time
 
 import torch
@@ -72,3 +84,23 @@ def graph_times(step, runs, warmup, replays=10):
         times.append((time.perf_counter() - start) / replays)
     del graph
     return times
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (--runs, --batch-size, ...)."""
+    return _int_at_least(text, 1, 'a positive int')
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a count that may be 0 (--warmup)."""
+    return _int_at_least(text, 0, 'an int >= 0')
+
+
+def _int_at_least(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid int value: {text!r}')
+    if value < least:
+        raise argparse.ArgumentTypeError(f'must be {what}, got {value}')
+    return value
