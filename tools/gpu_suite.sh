@@ -8,13 +8,15 @@
 #
 # Steps (each bounded by a timeout, in seconds, overridable through the environment):
 #   1. GPU tests: mixer, inference paths, selective scan (tests/test_*_gpu.py)     T_TESTS=300
-#   2. classification throughput: T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and without
-#      BatchNorm folding; the Triton scan for T                                         T_CLS=240
-#   3. Cascade Mask R-CNN train step: Swin-T, T at the published windows, (8,8,56,28) and
-#      whole maps (8,8,none,none), S, B; the rows timed in turns (3 rounds)             T_DET=360
-#   3b. the AdamW step alone: merged param groups vs mmengine's default constructor      120
-#   4. selective-scan kernels: cuda vs triton at the classification and detection shapes, fp16, eager and from
-#      a CUDA graph, host time per call                                                 T_SCAN=120
+#   2. classification throughput (benchmark.py): T/S/B, Swin-T, ConvNeXt-T; channels_last, CUDA graph, with and
+#      without BatchNorm folding; the Triton scan for T                                 T_CLS=240
+#   3. Cascade Mask R-CNN train step (profile_det.py: benchmark_det.py's table, then each row under torch.profiler):
+#      Swin-T, T at the published windows, (8,8,56,28) and whole maps (8,8,none,none), S, B; the rows timed in
+#      turns (3 rounds)                                                                 T_DET=360
+#   3b. the AdamW step alone (benchmark_det.py --det-optim): merged param groups vs mmengine's default
+#      constructor                                                                      120
+#   4. selective-scan kernels (benchmark_scan.py): cuda vs triton at the classification and detection shapes,
+#      fp16, eager and from a CUDA graph, host time per call                            T_SCAN=120
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_suite_out}
@@ -32,9 +34,10 @@ run cls "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --
 run cls_fused "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
 MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph \
   --fuse-conv-bn --models mambavision_tiny swin_tiny_patch4_window7_224
-run det "${T_DET:-360}" $PY tools/analysis_tools/benchmark.py --det --det-profile --warmup 5 --runs 10 --det-rounds 3 \
+run det "${T_DET:-360}" $PY tools/analysis_tools/profile_det.py --warmup 5 --runs 10 --det-rounds 3 \
   --det-models swin_t mambavision_t mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
-run det_optim 120 $PY tools/analysis_tools/benchmark.py --det --det-optim --warmup 3 --runs 10 --det-models swin_t mambavision_t
+run det_optim 120 $PY tools/analysis_tools/benchmark_det.py --det-optim --warmup 3 --runs 10 \
+  --det-models swin_t mambavision_t
 run scan "${T_SCAN:-120}" $PY tools/analysis_tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
   --shapes 128x160x196 2x160x12544 \
   --dtypes fp16 --backends cuda triton
