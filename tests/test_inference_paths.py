@@ -188,7 +188,8 @@ def test_backbone_inference_under_autocast_is_close_to_fp32():
 
 
 def test_folding_batchnorm_into_convolutions_keeps_the_outputs():
-    """tools/benchmark.py --fuse-conv-bn folds every BatchNorm (stem, conv blocks) into its convolution."""
+    """tools/analysis_tools/benchmark.py --fuse-conv-bn folds every BatchNorm (stem, conv blocks) into its
+    convolution."""
     mmcv_cnn = pytest.importorskip('mmcv.cnn')
     torch.manual_seed(0)
     arch = dict(dim=16, in_dim=8, depths=(2, 1, 2, 2), num_heads=(1, 2, 2, 4))

@@ -1,8 +1,8 @@
 """FLOPs and parameters of a MambaVision backbone, or of a detection / segmentation config, selective scan included.
 
-    python tools/get_flops.py --arch tiny --shape 224
-    python tools/get_flops.py configs/det/cascade_mambavision_t_3x.py --shape 1280 800
-    python tools/get_flops.py configs/seg/upernet_mambavision_t_160k_ade20k.py --shape 512 2048
+    python tools/analysis_tools/get_flops.py --arch tiny --shape 224
+    python tools/analysis_tools/get_flops.py configs/det/cascade_mambavision_t_3x.py --shape 1280 800
+    python tools/analysis_tools/get_flops.py configs/seg/upernet_mambavision_t_160k_ade20k.py --shape 512 2048
 
 What is counted, and how:
 
