@@ -1,120 +1,462 @@
-"""Loading published MambaVision weights without letting a checkpoint run code.
+"""The one checkpoint loader: every file mmengine's runners write loads, nothing in a file is ever executed.
 
-Two published layouts are supported:
+A checkpoint is a pickle, and a pickle is a program: it names globals (``module.name``) and calls them. torch's
+``weights_only`` unpickler allows tensors and a few containers, which is not enough for what mmengine runners
+write (numpy arrays and scalars, and the message hub's ``HistoryBuffer`` objects, whose statistics methods are
+pickled as ``builtins.getattr(HistoryBuffer, 'mean')``); ``weights_only=False`` with the default pickle module
+runs whatever a file names. This module reads every checkpoint with :class:`CheckpointUnpickler` instead
+(``torch.load(..., weights_only=False, pickle_module=restricted_pickle)``), which knows the data a runner
+checkpoint holds and nothing else:
+
+* **tensors**: the ``torch.*`` part of torch's own ``weights_only`` allow-list (torch's tensor rebuild functions,
+  ``torch.Size``, ``torch.device``, tensor / storage types, dtypes, quantisation schemes);
+* **numpy**: ``numpy.ndarray``, ``numpy.dtype``, the ``numpy.dtypes.*DType`` classes and
+  ``numpy(._)core.multiarray._reconstruct`` / ``.scalar`` and ``numpy(._)core.numeric._frombuffer`` (arrays in
+  protocol-5 pickles); ``_codecs.encode`` (how byte payloads are pickled);
+* **containers**: ``collections.OrderedDict`` and ``collections.Counter`` (MultiStepLR's milestones),
+  ``builtins.set`` / ``frozenset`` / ``complex`` / ``bytearray``, ``argparse.Namespace`` (the ``args`` of the
+  published ImageNet files); plain dicts, lists, tuples, strings and numbers need no global;
+* **mmengine's HistoryBuffer**, rebuilt from its data: its state may hold only its history arrays, its maximum
+  length and its statistics methods, each of which must be the class's own registered method of that name.
+  ``builtins.getattr`` resolves to a guard that answers only ``getattr(HistoryBuffer, name)`` for a registered
+  statistics method (``min``, ``max``, ``current``, ``mean``, ...) and refuses every other call (pickle
+  protocols >= 4 name such a method directly, ``mmengine.logging.history_buffer.HistoryBuffer.mean``: allowed
+  under the same rule).
+
+Every other global is refused by its name: the file's pickle is scanned before anything is loaded, so a refused
+file raises :class:`UnsafeCheckpointError` naming all it asks for, and nothing from it runs; the unpickler
+refuses the same names again while loading. State is set only on the containers above (``BUILD`` on anything
+else is refused), so a file cannot alter a class or a function. TorchScript archives (which ``torch.load``
+would hand to ``torch.jit.load``) are refused as well. No folder is trusted or distrusted: a run's own
+checkpoints, a colleague's, a published mmdet / mmseg file and a downloaded one are read the same way.
+
+``import mmmambavision`` (every config does it through ``custom_imports``) installs :func:`load_checkpoint_file`
+as mmengine's loader for local files (:func:`register_checkpoint_loader`), so ``load_from``, ``tools/test.py``'s
+checkpoint, ``--resume`` (with or without a file) and mmdet's / mmseg's own tools and inferencers read checkpoints
+through it. The backbone's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` uses it via
+:func:`load_pretrained`, which reads the published layouts:
 
 * ImageNet files (``mambavision_*_1k.pth.tar``): timm-trainer dicts with ``state_dict`` (including the
   classification ``head.*`` and final ``norm.*``, which a backbone does not have) and an ``argparse.Namespace``
   under ``args``;
-* mmdet / mmseg files: ``state_dict`` with ``backbone.`` / ``neck.`` / ... prefixes and mmengine ``meta``.
+* mmdet / mmseg files: ``state_dict`` with ``backbone.`` / ``neck.`` / ... prefixes, mmengine ``meta`` and
+  possibly the run's ``message_hub``.
 
-Files are untrusted. They are read with torch's ``weights_only`` unpickler, with ``argparse.Namespace`` (plain
-attribute data) allowed. Should a file hold mmengine bookkeeping that ``weights_only`` rejects (a
-``message_hub`` with ``HistoryBuffer`` objects), it is read again with :class:`RestrictedUnpickler`, which
-resolves only an allow-list of data types, replaces the known bookkeeping objects by inert placeholders and
-refuses every other global: nothing in the file is ever called.
+``python -m mmmambavision.checkpoint FILE...`` lists the globals each file names and which of them are refused.
 """
+import _compat_pickle
 import argparse
 import collections
+import functools
 import io
+import os
 import os.path as osp
 import pickle
-from typing import Any, Dict, Optional
+import pickletools
+import zipfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import load_state_dict
 
-_SAFE_GLOBALS = [argparse.Namespace]
+__all__ = [
+    'CheckpointUnpickler', 'UnsafeCheckpointError', 'allowed_globals', 'extract_state_dict', 'globals_in_checkpoint',
+    'load_checkpoint_file', 'load_pretrained', 'refused_globals_in_checkpoint', 'register_checkpoint_loader',
+    'restricted_pickle'
+]
 
-
-class _Inert:
-    """Placeholder for a bookkeeping object that is dropped on load; it never runs anything."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
+_HISTORY_BUFFER = ('mmengine.logging.history_buffer', 'HistoryBuffer')
+_GETATTR = ('builtins', 'getattr')
+# torch.load renames these before the unpickler sees them (torch.serialization's load_module_mapping)
+_TORCH_MODULE_MAPPING = {'torch.tensor': 'torch._tensor'}
 
 
-def _inert_getattr(obj, name, *default):
-    if not (obj is _Inert or isinstance(obj, _Inert)):
-        raise pickle.UnpicklingError(f'refusing getattr({type(obj).__name__}, {name!r}) in a checkpoint')
-    return _Inert()
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint names a global (or asks for a call) that a plain runner checkpoint never does."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only data types; see the module docstring."""
+def _refusal(what: str, filename: Optional[str] = None) -> UnsafeCheckpointError:
+    where = f'{filename}: ' if filename else ''
+    return UnsafeCheckpointError(
+        f'{where}refusing to load this checkpoint: it references {what}, which is not part of a plain runner '
+        'checkpoint (tensors, numpy data, mmengine HistoryBuffers, plain containers); nothing in it was executed. '
+        'Load only checkpoints written by torch.save / mmengine runners from sources you know; '
+        '`python -m mmmambavision.checkpoint FILE` lists what a file references.')
 
-    _ALLOWED = {
+
+def _normalise(module: str, name: str) -> Tuple[str, str]:
+    """The name Python 3 gives a protocol-2 global (``__builtin__.getattr`` -> ``builtins.getattr``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return _TORCH_MODULE_MAPPING.get(module, module), name
+
+
+def _numpy_multiarray():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _numpy_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+def _torch_allowed() -> Dict[Tuple[str, str], Any]:
+    """The ``torch.*`` part of torch's own ``weights_only`` allow-list (user additions excluded)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = {name: obj for name, obj in _get_allowed_globals().items() if name.startswith('torch.')}
+    except ImportError:  # pragma: no cover - torch without the weights_only unpickler module
+        allowed = {f'torch._utils.{f}': getattr(torch._utils, f) for f in (
+            '_rebuild_tensor', '_rebuild_tensor_v2', '_rebuild_parameter') if hasattr(torch._utils, f)}
+        allowed.update({'torch.Size': torch.Size, 'torch.device': torch.device})
+        allowed.update({str(t): t for t in vars(torch).values() if isinstance(t, torch.dtype)})
+    return {tuple(name.rsplit('.', 1)): obj for name, obj in allowed.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed() -> Dict[Tuple[str, str], Any]:
+    import _codecs
+
+    import numpy
+    multiarray = _numpy_multiarray()
+    allowed: Dict[Tuple[str, str], Any] = {
         ('collections', 'OrderedDict'): collections.OrderedDict,
-        ('collections', 'Counter'): collections.Counter,  # torch's MultiStepLR milestones (mmengine schedulers)
+        ('collections', 'Counter'): collections.Counter,
         ('argparse', 'Namespace'): argparse.Namespace,
         ('builtins', 'set'): set,
         ('builtins', 'frozenset'): frozenset,
-        ('builtins', 'slice'): slice,
         ('builtins', 'complex'): complex,
-        ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
-        ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
-        ('torch', 'Size'): torch.Size,
+        ('builtins', 'bytearray'): bytearray,
+        ('_codecs', 'encode'): _codecs.encode,
+        ('numpy', 'ndarray'): numpy.ndarray,
+        ('numpy', 'dtype'): numpy.dtype,
+        _GETATTR: _statistics_method_getattr,
+        _HISTORY_BUFFER: None,  # each unpickler rebuilds HistoryBuffers with its own class (CheckpointUnpickler)
     }
-    _INERT = {
-        ('mmengine.logging.history_buffer', 'HistoryBuffer'): _Inert,
-        ('builtins', 'getattr'): _inert_getattr,
-    }
+    for core in ('numpy._core', 'numpy.core'):  # numpy >= 2 and numpy 1 files
+        allowed[(f'{core}.multiarray', '_reconstruct')] = multiarray._reconstruct
+        allowed[(f'{core}.multiarray', 'scalar')] = multiarray.scalar
+        allowed[(f'{core}.numeric', '_frombuffer')] = _numpy_frombuffer()  # arrays in protocol-5 pickles
+    dtypes = getattr(numpy, 'dtypes', None)  # numpy >= 1.25
+    if dtypes is not None:
+        for name, cls in vars(dtypes).items():
+            if name.endswith('DType') and isinstance(cls, type):
+                allowed[('numpy.dtypes', name)] = cls
+    allowed.update(_torch_allowed())
+    return allowed
+
+
+def allowed_globals() -> List[str]:
+    """Every global name a checkpoint may reference, sorted (``builtins.getattr`` only through its guard)."""
+    return sorted(f'{module}.{name}' for module, name in _allowed())
+
+
+def _is_allowed(module: str, name: str) -> bool:
+    """Whether a (normalised) global name is allowed."""
+    return (module, name) in _allowed() or _is_statistics_method_name(module, name)
+
+
+def _is_statistics_method_name(module: str, name: str) -> bool:
+    """``mmengine.logging.history_buffer.HistoryBuffer.<statistics method>``, as protocols >= 4 write it."""
+    if module != _HISTORY_BUFFER[0] or not name.startswith(_HISTORY_BUFFER[1] + '.'):
+        return False
+    return name.split('.', 1)[1] in _statistics_methods()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HistoryBuffer, rebuilt from its data
+
+
+def _history_buffer_class():
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return HistoryBuffer
+
+
+def _statistics_methods() -> Dict[str, Callable]:
+    """HistoryBuffer's registered statistics methods that are methods of the class itself, by name."""
+    HistoryBuffer = _history_buffer_class()
+    HistoryBuffer()  # registers the default statistics (min, max, current, mean) in the class's table
+    return {name: method for name, method in HistoryBuffer._statistics_methods.items()
+            if vars(HistoryBuffer).get(name) is method}
+
+
+class _HistoryBufferBeingRebuilt:
+    """Marker base of the class an unpickler hands out for ``HistoryBuffer`` (see CheckpointUnpickler)."""
+
+
+def _statistics_method_getattr(obj: Any, name: Any, *default: Any) -> Any:
+    """``builtins.getattr`` as a checkpoint may use it: a HistoryBuffer's statistics method, looked up by name."""
+    if default or not (isinstance(obj, type) and issubclass(obj, _HistoryBufferBeingRebuilt)):
+        owner = getattr(obj, '__qualname__', None) or type(obj).__qualname__
+        raise _refusal(f'builtins.getattr({owner}, {name!r}): getattr is allowed only for HistoryBuffer\'s '
+                       'statistics methods')
+    methods = _statistics_methods()
+    if name not in methods:
+        raise _refusal(f'builtins.getattr(HistoryBuffer, {name!r}): {name!r} is not one of HistoryBuffer\'s '
+                       f'statistics methods ({", ".join(sorted(methods))})')
+    return methods[name]
+
+
+_HISTORY_BUFFER_DATA = {'max_length': int, '_max_length': int}
+_HISTORY_BUFFER_ARRAYS = ('_log_history', '_count_history')
+
+
+def _rebuild_history_buffer(buffer: Any, state: Any) -> None:
+    """Give a HistoryBuffer under construction its data, checking the state; it becomes a plain HistoryBuffer."""
+    import numpy
+    if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+        state = state[0]
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise _refusal(f'a HistoryBuffer state of type {type(state).__name__} (a dict of its data is expected)')
+    data = dict(state)
+    methods = data.pop('statistics_methods', {})
+    if not isinstance(methods, dict):
+        raise _refusal(f'HistoryBuffer statistics_methods of type {type(methods).__name__}')
+    own = _statistics_methods()
+    for name, method in methods.items():
+        if own.get(name) is not method:
+            raise _refusal(f'a HistoryBuffer statistics method {name!r} = {method!r}, which is not '
+                           f'HistoryBuffer.{name}')
+    for key, value in data.items():
+        if key in _HISTORY_BUFFER_ARRAYS:
+            if not (type(value) is numpy.ndarray and value.dtype.kind in 'biuf'):
+                raise _refusal(f'HistoryBuffer.{key} of type {type(value).__name__} (a numeric numpy array is '
+                               'expected)')
+        elif key in _HISTORY_BUFFER_DATA:
+            if type(value) is not _HISTORY_BUFFER_DATA[key]:
+                raise _refusal(f'HistoryBuffer.{key} of type {type(value).__name__}')
+        else:
+            raise _refusal(f'HistoryBuffer attribute {key!r} (a HistoryBuffer holds only '
+                           f'{", ".join(_HISTORY_BUFFER_ARRAYS + tuple(_HISTORY_BUFFER_DATA))} and its statistics '
+                           'methods)')
+    buffer.__dict__.update(data)
+    buffer.__class__ = _history_buffer_class()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The unpickler
+
+
+class CheckpointUnpickler(pickle._Unpickler):
+    """An unpickler that rebuilds the data of a runner checkpoint and refuses everything else.
+
+    Globals resolve only from the allow-list of the module docstring (:func:`allowed_globals`); any other name
+    raises :class:`UnsafeCheckpointError` without being imported. ``BUILD`` (setting an object's state) is allowed
+    on ``OrderedDict`` / ``Counter`` / ``argparse.Namespace`` (attribute dicts with string keys), numpy arrays and
+    dtypes (their own ``__setstate__``) and HistoryBuffers under construction; anything else is refused. This is
+    Python's own unpickler (``pickle._Unpickler``) with those two points replaced: the C unpickler's opcodes cannot
+    be overridden, and a checkpoint's pickle is small (tensor data lives outside it).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, *args, **kwargs):
+        super().__init__(file, *args, **kwargs)
+        self._buffers: List[Any] = []
+        buffers = self._buffers
+        HistoryBuffer = _history_buffer_class()
+
+        class HistoryBufferBeingRebuilt(HistoryBuffer, _HistoryBufferBeingRebuilt):
+            """Created empty by NEWOBJ, turned into a HistoryBuffer by its checked state (BUILD)."""
+
+            def __new__(cls, *args, **kwargs):
+                if args or kwargs:
+                    raise _refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
+                buffer = object.__new__(cls)
+                buffers.append(buffer)
+                return buffer
+
+            def __init__(self, *args, **kwargs):  # a REDUCE call; runners pickle HistoryBuffers by their state
+                raise _refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
+
+        self._history_buffer = HistoryBufferBeingRebuilt
 
     def find_class(self, module: str, name: str) -> Any:
-        module = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}.get(module, module)  # protocol-2 names
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        if (module, name) in self._INERT:
-            return self._INERT[(module, name)]
-        if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray') and name in (
-                '_reconstruct', 'scalar', 'dtype', 'ndarray'):
-            import numpy
-            try:
-                from numpy._core import multiarray
-            except ImportError:  # numpy < 2
-                from numpy.core import multiarray
-            return {'_reconstruct': multiarray._reconstruct, 'scalar': multiarray.scalar,
-                    'dtype': numpy.dtype, 'ndarray': numpy.ndarray}[name]
-        if module.startswith('numpy.dtypes') and name.endswith('DType'):
-            import numpy.dtypes
-            return getattr(numpy.dtypes, name)
-        if (module, name) == ('_codecs', 'encode'):
-            import _codecs
-            return _codecs.encode
-        raise pickle.UnpicklingError(
-            f'refusing to load a checkpoint that references {module}.{name}: unpickling it could execute code')
+        module, name = _normalise(module, name)
+        if (module, name) == _HISTORY_BUFFER:
+            return self._history_buffer
+        if _is_statistics_method_name(module, name):  # protocol >= 4 names HistoryBuffer.mean directly
+            return _statistics_methods()[name.split('.', 1)[1]]
+        allowed = _allowed()
+        if (module, name) not in allowed:
+            raise _refusal(f'{module}.{name}')
+        return allowed[(module, name)]
+
+    def _load_build(self) -> None:
+        import numpy
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, _HistoryBufferBeingRebuilt):
+            _rebuild_history_buffer(inst, state)
+        elif type(inst) in (collections.OrderedDict, collections.Counter, argparse.Namespace):
+            if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+                state = state[0]
+            if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+                raise _refusal(f'a {type(inst).__name__} state of type {type(state).__name__}')
+            inst.__dict__.update(state)
+        elif type(inst) is numpy.ndarray or isinstance(inst, numpy.dtype):
+            inst.__setstate__(state)
+        else:
+            raise _refusal(f'setting the state of a {type(inst).__module__}.{type(inst).__qualname__} object')
+
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def load(self) -> Any:
+        result = super().load()
+        unbuilt = [buffer for buffer in self._buffers if isinstance(buffer, _HistoryBufferBeingRebuilt)]
+        if unbuilt:
+            raise _refusal(f'{len(unbuilt)} HistoryBuffer object(s) without their data')
+        return result
 
 
-class _RestrictedPickleModule:
-    Unpickler = RestrictedUnpickler
+def _load(file, **kwargs) -> Any:
+    return CheckpointUnpickler(file, **kwargs).load()
+
+
+def _loads(data: bytes, **kwargs) -> Any:
+    return _load(io.BytesIO(data), **kwargs)
+
+
+class restricted_pickle:  # noqa: N801 - stands in for the pickle module in torch.load(pickle_module=...)
+    """What ``torch.load(..., pickle_module=restricted_pickle)`` needs of a pickle module."""
+    Unpickler = CheckpointUnpickler
     UnpicklingError = pickle.UnpicklingError
-    load = None  # torch only uses Unpickler for zip checkpoints
+    load = staticmethod(_load)
+    loads = staticmethod(_loads)
 
 
-def load_untrusted_checkpoint(filename: str, map_location: Any = 'cpu') -> Any:
-    """Load a checkpoint file from an untrusted source without executing code. Raises on a missing file."""
-    if not isinstance(filename, str) or '://' in filename:
-        raise ValueError(f'checkpoint must be a local file path, got {filename!r} (download it first)')
+# ---------------------------------------------------------------------------------------------------------------
+# Scanning a file's pickles for the globals they name (nothing is loaded)
+
+_STRING_OPS = {'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE',
+               'BINUNICODE8'}
+
+
+def _globals_in_pickle(data) -> List[Tuple[str, str]]:
+    """``(module, name)`` of each global one pickle names, read from its opcodes; stops at its STOP.
+
+    ``GLOBAL`` carries the name; for ``STACK_GLOBAL`` the two strings pushed before it are taken (directly or
+    through the memo), which is how picklers write it; one whose strings cannot be followed is left to the
+    unpickler, whose own check does not depend on this scan.
+    """
+    found: List[Tuple[str, str]] = []
+    memo: Dict[int, Any] = {}
+    pushed: List[Any] = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == 'GLOBAL':
+            module, name = arg.split(' ', 1)
+            found.append(_normalise(module, name))
+            pushed.append(None)
+        elif op.name == 'STACK_GLOBAL':
+            if len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
+                found.append(_normalise(pushed[-2], pushed[-1]))
+            pushed.append(None)
+        elif op.name in _STRING_OPS:
+            pushed.append(arg.decode('latin-1') if isinstance(arg, bytes) else arg)
+        elif op.name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+            memo[arg] = pushed[-1] if pushed else None
+        elif op.name == 'MEMOIZE':
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif op.name in ('GET', 'BINGET', 'LONG_BINGET'):
+            pushed.append(memo.get(arg))
+        else:
+            pushed.append(None)
+        del pushed[:-2]
+    return found
+
+
+def _is_zip(filename: str) -> bool:
+    with open(filename, 'rb') as f:
+        return zipfile.is_zipfile(f)
+
+
+def _globals_in_file(filename: str) -> List[Tuple[str, str]]:
+    names: List[Tuple[str, str]] = []
+    if _is_zip(filename):
+        with zipfile.ZipFile(filename) as archive:
+            for entry in archive.namelist():
+                if entry.split('/', 1)[-1] == 'data.pkl':
+                    names += _globals_in_pickle(archive.read(entry))
+    else:
+        with open(filename, 'rb') as f:
+            for _ in range(5):  # torch's legacy format: magic number, protocol, sys info, data, storage keys
+                try:
+                    names += _globals_in_pickle(f)
+                except Exception:  # the storages' raw bytes, or the end of the file
+                    break
+    return list(dict.fromkeys(names))
+
+
+def globals_in_checkpoint(filename: str) -> List[str]:
+    """The globals (``module.name``, protocol-2 names as Python 3 reads them) a checkpoint file's pickles name.
+
+    Nothing is loaded. A torch zip file's ``data.pkl`` is read in full; for other files (torch's legacy format,
+    a raw pickle) the pickles at the start of the file are read until one cannot be parsed.
+    """
+    return [f'{module}.{name}' for module, name in _globals_in_file(filename)]
+
+
+def refused_globals_in_checkpoint(filename: str) -> List[str]:
+    """The globals of :func:`globals_in_checkpoint` that the loader refuses."""
+    return [f'{module}.{name}' for module, name in _globals_in_file(filename) if not _is_allowed(module, name)]
+
+
+def _is_torchscript_archive(filename: str) -> bool:
+    if not _is_zip(filename):
+        return False
+    with zipfile.ZipFile(filename) as archive:
+        return any(entry.split('/', 1)[-1] == 'constants.pkl' for entry in archive.namelist())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
+    """Load a local checkpoint file without executing anything in it (see the module docstring).
+
+    The signature of mmengine's local loader (``CheckpointLoader``'s scheme ``''``). Raises
+    ``FileNotFoundError`` for a missing file and :class:`UnsafeCheckpointError` (a ``pickle.UnpicklingError``)
+    for a file that references anything outside the allow-list.
+    """
+    filename = osp.expanduser(os.fspath(filename))
     if not osp.isfile(filename):
-        raise FileNotFoundError(
-            f'checkpoint file {filename!r} does not exist: download the published weights there, or pass '
-            "init_cfg=None (e.g. --cfg-options model.backbone.init_cfg=None) to train from scratch")
+        raise FileNotFoundError(f'{filename} can not be found.')
+    if _is_torchscript_archive(filename):
+        raise _refusal('TorchScript code (a torch.jit archive; load it with torch.jit.load if you trust it)',
+                       filename)
+    refused = refused_globals_in_checkpoint(filename)
+    if refused:
+        raise _refusal(', '.join(refused), filename)
+    if os.getenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes', 'true'):
+        return torch.load(filename, map_location=map_location, weights_only=True)  # stricter still: as asked
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as weights_only_error:
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=False,
-                              pickle_module=_RestrictedPickleModule)
-        except (pickle.UnpicklingError, RuntimeError) as restricted_error:
-            raise pickle.UnpicklingError(
-                f'refusing to load {filename!r}: it is not a plain weights file. {restricted_error}') \
-                from weights_only_error
+        return torch.load(filename, map_location=map_location, weights_only=False, pickle_module=restricted_pickle)
+    except UnsafeCheckpointError as error:
+        raise UnsafeCheckpointError(f'{filename}: {error}') from None
+
+
+def register_checkpoint_loader() -> None:
+    """Make mmengine's ``CheckpointLoader`` read local files with :func:`load_checkpoint_file`.
+
+    Called by ``import mmmambavision``; replaces mmengine's own local loader (a plain ``torch.load``).
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_data_only, force=True)
+
+
+def load_from_local_data_only(filename: str, map_location: Any = None) -> Any:
+    """:func:`load_checkpoint_file` under the name mmengine logs ("Loads checkpoint by local_data_only backend")."""
+    return load_checkpoint_file(filename, map_location)
 
 
 def extract_state_dict(checkpoint: Any, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -142,7 +484,28 @@ def extract_state_dict(checkpoint: Any, prefix: Optional[str] = None) -> Dict[st
 def load_pretrained(module: torch.nn.Module, filename: str, prefix: Optional[str] = None,
                     map_location: Any = 'cpu') -> None:
     """Load published weights into ``module``, logging missing and unexpected keys by name."""
-    state_dict = extract_state_dict(load_untrusted_checkpoint(filename, map_location), prefix)
+    from mmengine.runner.checkpoint import load_state_dict
+    if not isinstance(filename, str) or '://' in filename:
+        raise ValueError(f'checkpoint must be a local file path, got {filename!r} (download it first)')
+    if not osp.isfile(osp.expanduser(filename)):
+        raise FileNotFoundError(
+            f'checkpoint file {filename!r} does not exist: download the published weights there, or pass '
+            "init_cfg=None (e.g. --cfg-options model.backbone.init_cfg=None) to train from scratch")
+    state_dict = extract_state_dict(load_checkpoint_file(filename, map_location), prefix)
     print_log(f'load {"" if not prefix else prefix + "* of "}{filename} into {type(module).__name__}',
               logger='current')
     load_state_dict(module, state_dict, strict=False, logger='current')
+
+
+def _main() -> None:  # pragma: no cover - a diagnostic
+    import sys
+    for filename in sys.argv[1:]:
+        names = globals_in_checkpoint(filename)
+        refused = set(refused_globals_in_checkpoint(filename))
+        print(f'{filename}: {len(names)} globals, {len(refused)} refused')
+        for name in names:
+            print(f'  {"REFUSED " if name in refused else "allowed "} {name}')
+
+
+if __name__ == '__main__':
+    _main()

@@ -1,4 +1,4 @@
-"""Published weight layouts load bit-exactly through init_cfg; untrusted pickles never run code."""
+"""Published weight layouts load bit-exactly through init_cfg; hostile pickles never run code."""
 import argparse
 import collections
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmmambavision import MambaVision
-from mmmambavision.checkpoint import load_untrusted_checkpoint
+from mmmambavision.checkpoint import UnsafeCheckpointError, load_checkpoint_file
 
 SMALL_ARCH = dict(dim=16, in_dim=8, depths=(1, 1, 3, 2), num_heads=(1, 2, 2, 4), layer_scale=1e-5)
 
@@ -85,9 +85,9 @@ def test_booby_trapped_pickle_is_refused_and_never_runs(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': {'patch_embed.conv_down.0.weight': torch.zeros(1)}, 'x': _Exploit(marker)}, path)
     with pytest.raises(pickle.UnpicklingError, match='system'):
-        load_untrusted_checkpoint(str(path))
+        load_checkpoint_file(str(path))
     model = MambaVision(SMALL_ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnsafeCheckpointError, match='system'):
         model.init_weights()
     assert not marker.exists()
 

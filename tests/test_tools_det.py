@@ -1,22 +1,25 @@
 """tools/train.py, tools/test.py and --resume on CPU, end to end, on generated COCO-layout data.
 
 One short run (a tiny MambaVision, 8 images of 128x160, 1 epoch) goes through train + COCO validation, then
-tools/test.py with --show-dir and --out, then --resume for a second epoch: the commands of the README, in process.
+tools/test.py with --show-dir and --out from another work_dir, then --resume for a second epoch: the commands of the
+README, in process (slow tier). Its checkpoint also loads from other folders: for tools/test.py, for load_from, for
+--resume FILE (message hub, optimiser and scheduler state as saved), and for mmdet's own inferencer.
 """
 import glob
 import os
 import os.path as osp
 import pickle
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip('mmdet')
 
 from mmmambavision.testing.coco_demo import config_options, generate_coco_demo  # noqa: E402
-from mmmambavision.engine import UntrustedCheckpointError, trusted_checkpoint  # noqa: E402
 from mmmambavision.engine.entrypoints import test_main as run_test_tool  # noqa: E402
 from mmmambavision.engine.entrypoints import train_main as run_train_tool  # noqa: E402
 
@@ -39,7 +42,7 @@ optim_wrapper = dict(type='AmpOptimWrapper')  # the 3x recipe's AMP (the demo tr
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(tmp_path_factory):  # used by slow tests only: a real training
     """Generate data, write the tiny config, train one epoch; shared by the tests below."""
     # One thread: a tiny model gains nothing from two, and two stall badly when another process holds a core.
     threads = torch.get_num_threads()
@@ -60,6 +63,7 @@ def _log_text(work_dir: str) -> str:
     return '\n'.join(open(f).read() for f in sorted(glob.glob(osp.join(work_dir, '*', '*.log'))))
 
 
+@pytest.mark.slow
 def test_train_writes_a_checkpoint_and_reports_coco_ap(run):
     assert osp.isfile(osp.join(run['work_dir'], 'epoch_1.pth'))
     log = _log_text(run['work_dir'])
@@ -67,12 +71,13 @@ def test_train_writes_a_checkpoint_and_reports_coco_ap(run):
     assert 'bbox_mAP_copypaste' in log and 'segm_mAP_copypaste' in log
 
 
+@pytest.mark.slow
 def test_a_trained_checkpoint_loads_as_pretrained_weights(run):
-    """A real runner checkpoint (message_hub, MultiStepLR milestones as a Counter) through the untrusted loader."""
+    """A real runner checkpoint (message_hub, MultiStepLR milestones as a Counter) through the backbone's loader."""
     from mmmambavision import MambaVision
-    from mmmambavision.checkpoint import load_untrusted_checkpoint
+    from mmmambavision.checkpoint import load_checkpoint_file
     path = osp.join(run['work_dir'], 'epoch_1.pth')
-    raw = load_untrusted_checkpoint(path)
+    raw = load_checkpoint_file(path)
     assert 'message_hub' in raw and 'param_schedulers' in raw
     arch = dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4))
     model = MambaVision(arch, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
@@ -82,6 +87,7 @@ def test_a_trained_checkpoint_loads_as_pretrained_weights(run):
         assert torch.equal(value, trained['backbone.' + key]), key
 
 
+@pytest.mark.slow
 def test_cpu_run_falls_back_to_fp32_with_one_warning(run):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
     if torch.cuda.is_available():
@@ -91,6 +97,7 @@ def test_cpu_run_falls_back_to_fp32_with_one_warning(run):
     assert _log_text(run['work_dir']).count('mixed precision (AmpOptimWrapper) is not available on CPU') == 1
 
 
+@pytest.mark.slow
 def test_syncbn_is_reverted_when_not_distributed(run):
     model = run['runner'].model
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
@@ -98,10 +105,13 @@ def test_syncbn_is_reverted_when_not_distributed(run):
     assert isinstance(head_norm, torch.nn.modules.batchnorm._BatchNorm)
 
 
+@pytest.mark.slow
 def test_test_tool_evaluates_the_checkpoint_and_draws_predictions(run):
     out = str(run['root'] / 'predictions.pkl')
+    # train --work-dir runs/a, then test runs/a/epoch_1.pth --work-dir runs/a_eval
     runner, metrics = run_test_tool([run['config'], osp.join(run['work_dir'], 'epoch_1.pth'), '--work-dir',
-                                 run['work_dir'], '--show-dir', 'pictures', '--out', out, *run['options']])
+                                     run['work_dir'] + '_eval', '--show-dir', 'pictures', '--out', out,
+                                     *run['options']])
     assert {'coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50'} <= set(metrics)
     pictures = glob.glob(osp.join(runner.work_dir, runner.timestamp, 'pictures', '*.jpg'))
     assert len(pictures) == 4
@@ -110,6 +120,7 @@ def test_test_tool_evaluates_the_checkpoint_and_draws_predictions(run):
     assert len(predictions) == 4 and 'pred_instances' in predictions[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(run):
     runner = run_train_tool([run['config'], '--work-dir', run['work_dir'], '--resume', *run['options'],
                          'train_cfg.max_epochs=2'])
@@ -118,52 +129,121 @@ def test_resume_continues_from_the_last_checkpoint(run):
     assert 'resumed epoch: 1, iter: ' in _log_text(run['work_dir'])
 
 
-def test_resume_refuses_a_runner_checkpoint_outside_the_work_dir(run, tmp_path):
-    elsewhere = tmp_path / 'downloaded.pth'
-    elsewhere.write_bytes(open(osp.join(run['work_dir'], 'epoch_1.pth'), 'rb').read())
-    with pytest.raises(UntrustedCheckpointError, match='weights_only=True'):
-        run_train_tool([run['config'], '--work-dir', str(tmp_path / 'other_run'), '--resume', str(elsewhere),
-                    *run['options'], 'train_cfg.max_epochs=2'])
+def _copy_elsewhere(path, folder):
+    """A checkpoint in a folder no run has used: a colleague's or a downloaded file."""
+    os.makedirs(folder, exist_ok=True)
+    target = osp.join(folder, osp.basename(path))
+    shutil.copyfile(path, target)
+    return target
+
+
+def _assert_same(actual, expected, where='state'):
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(actual, expected), where
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(actual, expected, err_msg=where)
+    elif isinstance(expected, HistoryBuffer):
+        assert type(actual) is HistoryBuffer and actual.max_length == expected.max_length, where
+        _assert_same(actual._log_history, expected._log_history, where + '._log_history')
+        _assert_same(actual._count_history, expected._count_history, where + '._count_history')
+    elif isinstance(expected, dict):
+        assert type(actual) is type(expected) and list(actual) == list(expected), where
+        for key in expected:
+            _assert_same(actual[key], expected[key], f'{where}[{key!r}]')
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_same(a, e, f'{where}[{i}]')
+    else:
+        assert type(actual) is type(expected) and actual == expected, f'{where}: {actual!r} != {expected!r}'
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_in_another_folder_restores_the_saved_state(run, tmp_path):
+    """--resume FILE with a file no run of this work_dir wrote: message hub, optimiser and schedulers as saved.
+
+    max_epochs=1 (the checkpoint's epoch): runner.train() loads and resumes, trains nothing, returns the runner."""
+    from mmmambavision.checkpoint import load_checkpoint_file
+    elsewhere = _copy_elsewhere(osp.join(run['work_dir'], 'epoch_1.pth'), str(tmp_path / 'downloads'))
+    saved = load_checkpoint_file(elsewhere)
+    runner = run_train_tool([run['config'], '--work-dir', str(tmp_path / 'other_run'), '--resume', elsewhere,
+                             *run['options'], 'train_cfg.max_epochs=1'])
+    assert runner.epoch == 1 and 'resumed epoch: 1, iter: ' in _log_text(str(tmp_path / 'other_run'))
+    _assert_same(runner.optim_wrapper.state_dict(), saved['optimizer'], 'optimizer')
+    _assert_same([s.state_dict() for s in runner.param_schedulers], saved['param_schedulers'], 'param_schedulers')
+    # the message hub: every saved scalar's history, and the resumed keys (runtime info the loop refreshes aside)
+    hub = runner.message_hub.state_dict()
+    _assert_same({k: hub['log_scalars'][k] for k in saved['message_hub']['log_scalars']},
+                 saved['message_hub']['log_scalars'], 'log_scalars')
+    assert set(saved['message_hub']['resumed_keys']) <= set(hub['resumed_keys'])
+    assert saved['message_hub']['log_scalars']['train/loss'].mean() == runner.message_hub.get_scalar(
+        'train/loss').mean()
+    # the original run's optimiser and schedulers are those it saved (nothing changes them after the last save)
+    _assert_same(saved['optimizer'], run['runner'].optim_wrapper.state_dict(), 'original optimizer')
+    _assert_same(saved['param_schedulers'], [s.state_dict() for s in run['runner'].param_schedulers],
+                 'original param_schedulers')
+
+
+@pytest.mark.slow
+def test_load_from_a_checkpoint_in_another_folder(run, tmp_path):
+    from mmmambavision.engine.entrypoints import _build_runner, load_config, train_parser
+    elsewhere = _copy_elsewhere(osp.join(run['work_dir'], 'epoch_1.pth'), str(tmp_path / 'colleague'))
+    args = train_parser().parse_args([run['config'], *run['options'], f'load_from={elsewhere}'])
+    runner = _build_runner(load_config(args.config, args.cfg_options, 'none', str(tmp_path / 'finetune')))
+    runner.load_or_resume()
+    trained = run['runner'].model.state_dict()
+    for key, value in runner.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    assert runner.epoch == 0  # weights only
+
+
+@pytest.mark.slow
+def test_mmdet_inferencer_loads_the_checkpoint_with_weights(run, tmp_path):
+    """mmdet's own API (``weights=``) reads a runner checkpoint through mmengine's loader."""
+    from mmdet.apis import DetInferencer
+    elsewhere = _copy_elsewhere(osp.join(run['work_dir'], 'epoch_1.pth'), str(tmp_path / 'colleague'))
+    inferencer = DetInferencer(model=run['config'], weights=elsewhere, device='cpu')
+    trained = run['runner'].model.state_dict()
+    for key, value in inferencer.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
 
 
 class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ('echo pwned',))
+        return (os.system, (f'touch {self.marker}',))
 
 
-def test_a_trusted_work_dir_still_refuses_code(tmp_path):
-    hostile = tmp_path / 'epoch_1.pth'
-    torch.save({'state_dict': {}, 'meta': _RunsCode()}, str(hostile))
-    trusted_checkpoint.trust_directory(str(tmp_path))
-    with pytest.raises(pickle.UnpicklingError, match='posix.system|os.system|system'):
-        trusted_checkpoint.load_checkpoint_file(str(hostile))
+def test_a_hostile_file_is_refused_wherever_it_is(tmp_path):
+    """No folder is trusted: a file named like a checkpoint in a run's own work_dir is read like any other."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    marker = tmp_path / 'pwned'
+    hostile = tmp_path / 'work_dir' / 'epoch_1.pth'
+    hostile.parent.mkdir()
+    torch.save({'state_dict': {}, 'meta': _RunsCode(marker)}, str(hostile))
+    (tmp_path / 'work_dir' / 'last_checkpoint').write_text(str(hostile))
+    with pytest.raises(pickle.UnpicklingError, match='posix.system|os.system'):
+        CheckpointLoader.load_checkpoint(str(hostile))
+    assert not marker.exists()
 
 
-def test_trust_is_scoped_to_the_load(run):
-    trusted_checkpoint.trust_directory(run['work_dir'])
-    checkpoint = trusted_checkpoint.load_checkpoint_file(osp.join(run['work_dir'], 'epoch_1.pth'))
-    assert 'message_hub' in checkpoint
+def test_a_weights_only_file_loads_and_torch_defaults_are_left_alone(tmp_path):
+    from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
+    plain = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'epoch': 3, 'classes': ('a', 'b')}}, str(plain))
+    assert CheckpointLoader.load_checkpoint(str(plain))['meta']['epoch'] == 3
+    with_hub = tmp_path / 'with_hub.pth'
+    torch.save({'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}}}, str(with_hub))
+    assert CheckpointLoader.load_checkpoint(str(with_hub))['message_hub']['log_scalars']['loss'].mean() == 1.0
+    # nothing is added to torch's own allow-list, and torch.load keeps its weights_only default
     names = {getattr(g, '__name__', str(g)) for g in torch.serialization.get_safe_globals()}
     assert 'HistoryBuffer' not in names and 'getattr' not in names
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(osp.join(run['work_dir'], 'epoch_1.pth'))  # torch's default stays weights_only
-
-
-def test_untrusted_weights_only_file_loads(tmp_path):
-    plain = tmp_path / 'weights.pth'
-    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'epoch': 3, 'classes': ('a', 'b')}}, str(plain))
-    assert not trusted_checkpoint.is_trusted(str(plain))
-    assert trusted_checkpoint.load_checkpoint_file(str(plain))['meta']['epoch'] == 3
-
-
-def test_symlink_into_the_work_dir_is_not_trusted(tmp_path):
-    work_dir, outside = tmp_path / 'work_dir', tmp_path / 'outside.pth'
-    work_dir.mkdir()
-    outside.write_bytes(b'')
-    os.symlink(outside, work_dir / 'latest.pth')
-    trusted_checkpoint.trust_directory(str(work_dir))
-    assert not trusted_checkpoint.is_trusted(str(work_dir / 'latest.pth'))
-    assert trusted_checkpoint.is_trusted(str(work_dir / 'sub' / 'epoch_1.pth'))
+        torch.load(str(with_hub))
 
 
 @pytest.mark.parametrize('tool', ['train.py', 'test.py', 'demo.py'])

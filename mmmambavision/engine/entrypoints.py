@@ -7,8 +7,9 @@ own tools:
 
 * a config written for GPUs runs on a machine without CUDA (AMP falls back to fp32 with one logged warning;
   mmengine reverts SyncBN to BN when not distributed);
-* checkpoints load under torch >= 2.6's ``weights_only`` default: the run's work_dir is trusted, nothing else
-  (see :mod:`mmmambavision.engine.trusted_checkpoint`);
+* every checkpoint a runner writes loads under torch >= 2.6 (``load_from``, the checkpoint to test,
+  ``--resume``), wherever it is, through the data-only loader that ``import mmmambavision`` installs into
+  mmengine (see :mod:`mmmambavision.checkpoint`); a file that references anything else is refused unexecuted;
 * errors say what to do (missing data, missing pretrained weights).
 """
 import argparse
@@ -24,7 +25,6 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from .device import check_launcher, fall_back_to_fp32
-from .trusted_checkpoint import trust_directory
 
 SCOPES = ('mmdet', 'mmseg')
 _CFG_OPTIONS_HELP = ('override settings of the config, as key=value pairs merged into it; lists as key="[a,b]" or '
@@ -193,7 +193,6 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Runner:
     check_data(cfg, ['train_dataloader', 'val_dataloader'])
     if not cfg.get('resume') and not cfg.get('load_from'):
         check_pretrained(cfg)
-    trust_directory(cfg.work_dir)
 
     runner = _build_runner(cfg)
     if fp32_warning:
@@ -289,7 +288,6 @@ def test_main(argv: Optional[Sequence[str]] = None) -> Tuple[Runner, dict]:
             cfg.test_evaluator['keep_results'] = True
 
     check_data(cfg, ['test_dataloader'])
-    trust_directory(cfg.work_dir)
     runner = _build_runner(cfg)
     if args.out is not None and scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
