@@ -23,10 +23,12 @@ checkpoint holds and nothing else:
   protocols >= 4 name such a method directly, ``mmengine.logging.history_buffer.HistoryBuffer.mean``: allowed
   under the same rule).
 
-Every other global is refused by its name: the file's pickle is scanned before anything is loaded, so a refused
-file raises :class:`UnsafeCheckpointError` naming all it asks for, and nothing from it runs; the unpickler
-refuses the same names again while loading. State is set only on the containers above (``BUILD`` on anything
-else is refused), so a file cannot alter a class or a function. TorchScript archives (which ``torch.load``
+Every other global is refused by its name: the file's pickles are scanned before anything is loaded, so a file
+naming one raises :class:`UnsafeCheckpointError` listing all it names, and nothing from it is loaded; the
+unpickler refuses the same names again while loading (the scan is a convenience, not the guard). What only shows
+while loading (a ``getattr`` on something else, a HistoryBuffer state holding anything but its data) is refused
+at that step, before the call it asks for is made. State is set only on the containers above (``BUILD`` on
+anything else is refused), so a file cannot alter a class or a function. TorchScript archives (which ``torch.load``
 would hand to ``torch.jit.load``) are refused as well. No folder is trusted or distrusted: a run's own
 checkpoints, a colleague's, a published mmdet / mmseg file and a downloaded one are read the same way.
 
@@ -79,9 +81,9 @@ def _refusal(what: str, filename: Optional[str] = None) -> UnsafeCheckpointError
     where = f'{filename}: ' if filename else ''
     return UnsafeCheckpointError(
         f'{where}refusing to load this checkpoint: it references {what}, which is not part of a plain runner '
-        'checkpoint (tensors, numpy data, mmengine HistoryBuffers, plain containers); nothing in it was executed. '
-        'Load only checkpoints written by torch.save / mmengine runners from sources you know; '
-        '`python -m mmmambavision.checkpoint FILE` lists what a file references.')
+        'checkpoint (tensors, numpy data, mmengine HistoryBuffers, plain containers). It was not executed: the '
+        'loader calls nothing outside its allow-list. Load only checkpoints written by torch.save / mmengine '
+        'runners; `python -m mmmambavision.checkpoint FILE` lists what a file references.')
 
 
 def _normalise(module: str, name: str) -> Tuple[str, str]:
