@@ -33,9 +33,9 @@ would hand to ``torch.jit.load``) are refused as well. No folder is trusted or d
 checkpoints, a colleague's, a published mmdet / mmseg file and a downloaded one are read the same way.
 
 ``import mmmambavision`` (every config does it through ``custom_imports``) installs :func:`load_checkpoint_file`
-as mmengine's loader for local files (:func:`register_checkpoint_loader`), so ``load_from``, ``tools/test.py``'s
-checkpoint, ``--resume`` (with or without a file) and mmdet's / mmseg's own tools and inferencers read checkpoints
-through it. The backbone's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` uses it via
+as mmengine's loader for local files, and for ``http(s)://`` files once downloaded
+(:func:`register_checkpoint_loader`), so ``load_from``, ``tools/test.py``'s checkpoint, ``--resume`` (with or
+without a file) and mmdet's / mmseg's own tools and inferencers read checkpoints through it. The backbone's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` uses it via
 :func:`load_pretrained`, which reads the published layouts:
 
 * ImageNet files (``mambavision_*_1k.pth.tar``): timm-trainer dicts with ``state_dict`` (including the
@@ -63,8 +63,8 @@ from mmengine.logging import print_log
 
 __all__ = [
     'CheckpointUnpickler', 'UnsafeCheckpointError', 'allowed_globals', 'extract_state_dict', 'globals_in_checkpoint',
-    'load_checkpoint_file', 'load_pretrained', 'refused_globals_in_checkpoint', 'register_checkpoint_loader',
-    'restricted_pickle'
+    'load_checkpoint_file', 'load_from_http_data_only', 'load_from_local_data_only', 'load_pretrained',
+    'refused_globals_in_checkpoint', 'register_checkpoint_loader', 'restricted_pickle'
 ]
 
 _HISTORY_BUFFER = ('mmengine.logging.history_buffer', 'HistoryBuffer')
@@ -448,17 +448,52 @@ def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
 
 
 def register_checkpoint_loader() -> None:
-    """Make mmengine's ``CheckpointLoader`` read local files with :func:`load_checkpoint_file`.
+    """Make mmengine's ``CheckpointLoader`` read checkpoints with :func:`load_checkpoint_file`.
 
-    Called by ``import mmmambavision``; replaces mmengine's own local loader (a plain ``torch.load``).
+    Called by ``import mmmambavision``. Local files (scheme ``''``) replace mmengine's own local loader, a plain
+    ``torch.load``. ``http://`` / ``https://`` files are downloaded as before (into torch hub's checkpoint cache)
+    and then read the same way: mmengine's own http loader uses torch hub's ``load_state_dict_from_url``, whose
+    ``torch.load`` runs with ``weights_only=False``. mmengine's ``open-mmlab://``, ``torchvision://`` and
+    ``mmcls://`` loaders call its module-level ``load_from_http``, which is replaced too.
     """
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_data_only, force=True)
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_data_only, force=True)
+    mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                                        loader=load_from_http_data_only, force=True)
+    mmengine_checkpoint.load_from_http = load_from_http_data_only
 
 
 def load_from_local_data_only(filename: str, map_location: Any = None) -> Any:
     """:func:`load_checkpoint_file` under the name mmengine logs ("Loads checkpoint by local_data_only backend")."""
     return load_checkpoint_file(filename, map_location)
+
+
+def _download(url: str, model_dir: Optional[str], progress: bool) -> str:
+    """Where torch hub's ``load_state_dict_from_url`` keeps ``url``, downloaded if it is not there yet."""
+    from urllib.parse import urlparse
+
+    from torch.hub import download_url_to_file, get_dir
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, osp.basename(urlparse(url).path))
+    if not osp.exists(cached):
+        download_url_to_file(url, cached, None, progress=progress)
+    return cached
+
+
+def load_from_http_data_only(filename: str, map_location: Any = None, model_dir: Optional[str] = None,
+                             progress: bool = False) -> Any:
+    """mmengine's ``load_from_http`` (rank 0 downloads first when distributed), reading with
+    :func:`load_checkpoint_file`."""
+    from mmengine.dist import get_dist_info
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        cached = _download(filename, model_dir, progress)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            cached = _download(filename, model_dir, progress)
+    return load_checkpoint_file(cached, map_location)
 
 
 def extract_state_dict(checkpoint: Any, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

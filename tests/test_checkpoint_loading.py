@@ -503,3 +503,43 @@ def test_the_unpickler_is_what_torch_load_is_given():
     assert restricted_pickle.Unpickler is CheckpointUnpickler
     assert issubclass(UnsafeCheckpointError, pickle.UnpicklingError)
     assert CheckpointLoader._get_checkpoint_loader('/any/local/file.pth').__module__ == 'mmmambavision.checkpoint'
+
+
+# ------------------------------------------------------------------------------------------------ http(s)
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """A local HTTP server over ``tmp_path / 'served'``; torch hub's cache in ``tmp_path / 'hub'``."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / 'served'
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    yield served, f'http://127.0.0.1:{server.server_address[1]}'
+    torch.hub.set_dir(previous)
+    server.shutdown()
+    thread.join()
+
+
+def test_a_runner_checkpoint_over_http_loads_and_a_hostile_one_is_refused(toy_run, tmp_path, http_server):
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    served, url = http_server
+    shutil.copyfile(osp.join(toy_run['work_dir'], 'epoch_2.pth'), served / 'epoch_2.pth')
+    checkpoint = CheckpointLoader.load_checkpoint(f'{url}/epoch_2.pth', map_location='cpu')
+    _assert_same(checkpoint['message_hub'], toy_run['states'][2]['message_hub'], 'message_hub')
+    marker = tmp_path / 'marker'
+    torch.save({'meta': _Reduce(os.system, f'touch {marker}')}, served / 'hostile.pth')
+    with pytest.raises(UnsafeCheckpointError, match=r'(posix|os)\.system'):
+        CheckpointLoader.load_checkpoint(f'{url}/hostile.pth')
+    # open-mmlab://, torchvision:// and mmcls:// download through mmengine's module-level load_from_http
+    with pytest.raises(UnsafeCheckpointError, match=r'(posix|os)\.system'):
+        mmengine_checkpoint.load_from_http(f'{url}/hostile.pth')
+    assert not marker.exists()
