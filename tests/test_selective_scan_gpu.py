@@ -146,22 +146,16 @@ def test_triton_lengths_match_float64(length):
                     f'triton L={length}')
 
 
-# every Triton variant (scan_triton._TUNING) at real shapes: a classification and a detection window
+# Triton kernel settings (mmmambavision.ops.triton.kernel_settings) at real shapes: a classification and a
+# detection window
 TRITON_CONFIGS = {
-    'scan-atomic': dict(kernel='scan', BLOCK_D=1, BLOCK_T=128, num_warps=4, bc='atomic'),
-    'scan-partial': dict(kernel='scan', BLOCK_D=4, BLOCK_T=64, num_warps=4, bc='partial'),
-    'seq-rows-atomic': dict(kernel='seq', BLOCK_D=4, SEGS=1, STEPS=4, num_warps=1, bc='atomic'),
-    'seq-rows-partial': dict(kernel='seq', BLOCK_D=8, SEGS=1, STEPS=8, num_warps=2, bc='partial'),
-    'seq-segments-atomic': dict(kernel='seq', BLOCK_D=2, SEGS=16, STEPS=4, num_warps=4, bc='atomic'),
-    'seq-segments-partial': dict(kernel='seq', BLOCK_D=1, SEGS=64, STEPS=4, num_warps=8, bc='partial'),
-    'state-atomic': dict(kernel='state', BLOCK_D=4, BLOCK_T=256, num_warps=4, bc='atomic'),
-    'state-partial': dict(kernel='state', BLOCK_D=2, BLOCK_T=512, num_warps=4, bc='partial'),
-    'state-long': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic', BWD_T=0),
-    'state-loop': dict(kernel='state', BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=1),
-    'state-unrolled': dict(kernel='state', BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=8),
-    'state-split': dict(kernel='state', BLOCK_D=1, BLOCK_T=2048, num_warps=8, BWD_T=256),
-    'state-split-D2': dict(kernel='state', BLOCK_D=2, BLOCK_T=1024, num_warps=8, BWD_T=128, bwd_warps=1,
-                           bc='partial'),
+    'state-atomic': dict(BLOCK_D=4, BLOCK_T=256, num_warps=4, bc='atomic'),
+    'state-partial': dict(BLOCK_D=2, BLOCK_T=512, num_warps=4, bc='partial'),
+    'state-long': dict(BLOCK_D=1, BLOCK_T=2048, num_warps=8, bc='atomic', BWD_T=0),
+    'state-loop': dict(BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=1),
+    'state-unrolled': dict(BLOCK_D=1, BLOCK_T=256, num_warps=1, UNROLL=8),
+    'state-split': dict(BLOCK_D=1, BLOCK_T=2048, num_warps=8, BWD_T=256),
+    'state-split-D2': dict(BLOCK_D=2, BLOCK_T=1024, num_warps=8, BWD_T=128, bwd_warps=1, bc='partial'),
 }
 _truth_cache = {}
 
@@ -170,19 +164,15 @@ _truth_cache = {}
 @pytest.mark.parametrize('config', list(TRITON_CONFIGS))
 @pytest.mark.parametrize('shape', [(128, 160, 196), (2, 320, 3136)], ids=lambda s: 'x'.join(map(str, s)))
 def test_triton_configs_match_float64(shape, config):
-    from mmmambavision.ops import scan_triton
+    from mmmambavision.ops.triton import kernel_settings
     if shape not in _truth_cache:
         inputs = make_inputs(shape, torch.float32)
         grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda()
         _truth_cache.clear()
         _truth_cache[shape] = (inputs, grad_out, float64_truth(inputs, grad_out, delta_softplus=True))
     inputs, grad_out, truth = _truth_cache[shape]
-    scan_triton._TUNING.clear()
-    scan_triton._TUNING.update(TRITON_CONFIGS[config])
-    try:
+    with kernel_settings(**TRITON_CONFIGS[config]):
         result = run_backend('triton', inputs, grad_out, delta_softplus=True)
-    finally:
-        scan_triton._TUNING.clear()
     assert_close_to(result, truth, TOLERANCE[torch.float32], f'triton {config} {shape}')
 
 
@@ -230,24 +220,19 @@ def mixer_views(shape, dtype, dstate=8, rank=10, seed=0):
 
 @needs_triton
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d).split('.')[-1])
-@pytest.mark.parametrize('config', ['default', 'scan-partial', 'seq-rows-atomic', 'seq-segments-atomic',
-                                    'state-atomic', 'state-split'])
+@pytest.mark.parametrize('config', ['default', 'state-atomic', 'state-split'])
 @pytest.mark.parametrize('shape', [(16, 160, 196), (2, 80, 3136)], ids=lambda s: 'x'.join(map(str, s)))
 def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, config, dtype):
-    from mmmambavision.ops import scan_triton
+    from mmmambavision.ops.triton import kernel_settings
     parents, cut = mixer_views(shape, dtype)
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda().to(dtype)
     leaves64 = {k: v.double().requires_grad_(True) for k, v in parents.items()}
     y_ref, last_ref = selective_scan_reference(**cut(leaves64), return_last_state=True, delta_softplus=True)
     grads_ref = torch.autograd.grad(y_ref, list(leaves64.values()), grad_out.double())
-    scan_triton._TUNING.clear()
-    scan_triton._TUNING.update(TRITON_CONFIGS.get(config, {}))
-    try:
+    with kernel_settings(**TRITON_CONFIGS.get(config, {})):
         leaves = {k: v.clone().requires_grad_(True) for k, v in parents.items()}
         y, last = selective_scan(**cut(leaves), return_last_state=True, backend='triton', delta_softplus=True)
         grads = torch.autograd.grad(y, list(leaves.values()), grad_out)
-    finally:
-        scan_triton._TUNING.clear()
     for name, grad in zip(leaves, grads):
         assert grad.dtype == leaves[name].dtype and grad.shape == leaves[name].shape, name
     assert_close_to((y.detach(), last, dict(zip(leaves, grads))),
@@ -256,21 +241,17 @@ def test_triton_reads_mixer_views_in_place_and_grads_reach_the_parents(shape, co
 
 
 @needs_triton
-@pytest.mark.parametrize('config', ['default', 'seq-segments-atomic', 'state-atomic'])
+@pytest.mark.parametrize('config', ['default', 'state-atomic'])
 def test_triton_inference_path_matches_the_gradient_path(config):
     """Without gradients the forward runs outside the autograd Function and stores no checkpoints: same y, h_L."""
-    from mmmambavision.ops import scan_triton
+    from mmmambavision.ops.triton import kernel_settings
     parents, cut = mixer_views((32, 160, 196), torch.float16)
-    scan_triton._TUNING.clear()
-    scan_triton._TUNING.update(TRITON_CONFIGS.get(config, {}))
-    try:
+    with kernel_settings(**TRITON_CONFIGS.get(config, {})):
         leaves = {k: v.clone().requires_grad_(True) for k, v in parents.items()}
         y_grad, last_grad = selective_scan(**cut(leaves), return_last_state=True, backend='triton',
                                            delta_softplus=True)
         with torch.inference_mode():
             y, last = selective_scan(**cut(parents), return_last_state=True, backend='triton', delta_softplus=True)
-    finally:
-        scan_triton._TUNING.clear()
     assert y_grad.requires_grad and not y.requires_grad
     assert torch.equal(y, y_grad.detach()) and torch.equal(last, last_grad)
 
@@ -279,25 +260,25 @@ def test_triton_inference_path_matches_the_gradient_path(config):
 @pytest.mark.parametrize('shape,dtype', [((2, 320, 3136), torch.float16), ((128, 160, 196), torch.bfloat16),
                                          ((128, 320, 49), torch.float32)], ids=['split-fp16', 'bf16', 'D4-fp32'])
 def test_triton_direct_launches_match_jit_launches(shape, dtype):
-    """scan_triton._launch calls the compiled kernels' launchers itself from the second launch of a
+    """The Triton backend's launcher calls the compiled kernels' launchers itself from the second launch of a
     specialisation on: the same results as launches through JITFunction (y, h_L, du, ddelta bit for bit; dA, dB,
     dC, dD and dbias are atomic sums, equal up to their order), and every kernel of the call goes that way."""
-    from mmmambavision.ops import scan_triton
+    from mmmambavision.ops.triton import launcher
     inputs = make_inputs(shape, dtype)
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype).cuda()
     results = {}
     try:
         for direct in (False, True):
-            scan_triton.DIRECT_LAUNCH = direct
-            scan_triton._COMPILED.clear()
+            launcher.enabled = direct
+            launcher.clear()
             for _ in range(2):  # the first launch of each specialisation goes through JITFunction either way
                 results[direct] = run_backend('triton', inputs, grad_out, delta_softplus=True)
             if direct:
-                entries = list(scan_triton._COMPILED.values())
-                names = sorted(key[0].__name__ for key in scan_triton._COMPILED)
+                entries = list(launcher.cache.values())
+                names = sorted(key[0].__name__ for key in launcher.cache)
     finally:
-        scan_triton.DIRECT_LAUNCH = True
-    expected = ['_state_bwd_kernel', '_state_fwd_kernel'] + (['_state_carry_kernel'] if shape[2] > 512 else [])
+        launcher.enabled = True
+    expected = ['state_bwd_kernel', 'state_fwd_kernel'] + (['state_carry_kernel'] if shape[2] > 512 else [])
     assert names == sorted(expected) and all(entries), (names, entries)
     (y0, last0, g0), (y1, last1, g1) = results[False], results[True]
     assert torch.equal(y0, y1) and torch.equal(last0, last1)

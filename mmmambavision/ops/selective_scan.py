@@ -50,7 +50,7 @@ def _probe(name: str) -> Tuple[bool, str]:
             try:
                 importlib.import_module(module)
                 if name == 'triton':
-                    importlib.import_module('mmmambavision.ops.scan_triton')
+                    importlib.import_module('mmmambavision.ops.triton')
                 _probe_cache[name] = (True, '')
             except Exception as error:  # ImportError, or an OSError/undefined symbol from a stale build
                 _probe_cache[name] = (False, f'{module} does not import ({type(error).__name__}: {error})')
@@ -233,7 +233,7 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
     batch, dim, length = u.shape
     out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
     if name == 'triton':
-        from .scan_triton import selective_scan_triton
+        from .triton import selective_scan_triton
         # (b, n, L) B and C go as they are (the kernels read them as one group): a view made here would be one
         # more autograd node per call
         B = B if B.dim() == 3 else expand_bc(B, batch, dim, length)

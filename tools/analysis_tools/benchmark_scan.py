@@ -15,15 +15,16 @@ Usage::
     python tools/benchmark_scan.py --device cpu
     python tools/benchmark_scan.py --device cuda
     python tools/benchmark_scan.py --device cuda --cuda-graph --host-time   # also GPU time alone, host time alone
-    python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton variants
+    python tools/benchmark_scan.py --device cuda --tune     # also sweep the Triton kernel settings
     python tools/benchmark_scan.py --device cuda --tune-only --tune-verbose   # the sweep alone, every config
-    python tools/benchmark_scan.py --device cuda --tune-only --tune-kernels state   # one family's variants
 
-The sweep (``--tune``/``--tune-only``) tries the Triton variants of ``scan_triton._TUNING`` (kernel 'state', 'seq'
-or 'scan', BLOCK_D, SEGS/STEPS or BLOCK_T, num_warps, dB/dC strategy 'atomic'/'partial') at each shape in the first
-dtype, then the best two of those in the other dtypes, and prints the best config per shape and dtype next to the
-current default and the cuda kernel (when selective_scan_cuda imports), with a suggested ``_default_config`` rule.
-Compilation dominates its time (seconds a config); ``--tune-budget`` caps it.
+The sweep (``--tune``/``--tune-only``) tries settings of the Triton kernels through
+``mmmambavision.ops.triton.kernel_settings`` (BLOCK_D, BLOCK_T, num_warps, UNROLL, the chunk-parallel backward's
+BWD_T and bwd_warps, dB/dC strategy 'atomic'/'partial') at each shape in the first dtype, then the best two of
+those in the other dtypes, and prints the best settings per shape and dtype next to the current default and the
+cuda kernel (when selective_scan_cuda imports), with the defaults they suggest
+(``mmmambavision/ops/triton/config.py``). Compilation dominates its time (seconds a config); ``--tune-budget``
+caps it.
 """
 import argparse
 import math
@@ -204,56 +205,37 @@ def run_case(backend, inputs, device, repeats, warmup, truth, graph=False, host=
 
 
 def tune_candidates(shape, dstate, level):
-    """Triton configs to try at a shape (see scan_triton._TUNING for the keys).
+    """Kernel settings to try at a shape (keyword arguments of ``mmmambavision.ops.triton.kernel_settings``).
 
-    Compiling a config takes seconds (the 'seq' kernels unroll STEPS), so 'quick' keeps to the region that won on
-    an H100 (STEPS 4; 'atomic' vs 'partial' dB/dC), plus the 'scan' kernel's heuristic."""
-    from mmmambavision.ops import scan_triton
+    Compiling a config takes seconds, so 'quick' keeps to chunks near the whole sequence and the default's
+    neighbours: its block sizes with the other loop over the states (UNROLL) and the other dB/dC strategy, the
+    chunk-parallel backward (BWD_T) on sequences longer than a backward chunk, then chunk length × channels per
+    program × warps around 8 values per thread; 'full' tries every combination."""
+    from mmmambavision.ops.triton import default_block_sizes
     batch, dim, length = shape
     block_n = triton_next_pow2(dstate)
     cands = []
 
     def add(**config):
-        if config['kernel'] == 'state':
-            config.setdefault('BWD_T', 0)  # the sequential backward, unless a candidate below says otherwise
-        width = config.get('SEGS', 1) if config['kernel'] == 'seq' else config['BLOCK_T']
-        if dim % config['BLOCK_D'] or config['BLOCK_D'] * width * block_n < 16 * config['num_warps']:
+        config.setdefault('BWD_T', 0)  # the sequential backward, unless a candidate below says otherwise
+        if dim % config['BLOCK_D'] or config['BLOCK_D'] * config['BLOCK_T'] * block_n < 16 * config['num_warps']:
             return  # BLOCK_D must divide the channels; more than half the threads idle
         if config not in cands:
             cands.append(config)
 
-    many = batch * dim * block_n >= 64 * 1024  # plenty of sequences: one segment per row is enough
-    steps_all = (4, 8) if level == 'full' else (4,)
-    bcs = ('atomic', 'partial')
-    for bc in bcs:
-        for steps in steps_all:
-            if many or level == 'full':
-                rows = ((4, 1), (8, 1), (16, 4)) + (((2, 1), (8, 2), (16, 2)) if level == 'full' else ())
-                for block_d, warps in rows:
-                    add(kernel='seq', BLOCK_D=block_d, SEGS=1, STEPS=steps, num_warps=warps, bc=bc)
-            if not many or level == 'full':
-                segs_d = ((1, 32, 4), (2, 16, 4), (1, 64, 8), (2, 32, 8))
-                if level == 'full':
-                    segs_d += ((1, 16, 2), (1, 32, 8), (2, 64, 8), (4, 16, 8), (4, 8, 4))
-                for block_d, segs, warps in segs_d:
-                    if bc == 'partial' and level != 'full' and (block_d, segs) != (2, 16):
-                        continue
-                    add(kernel='seq', BLOCK_D=block_d, SEGS=segs, STEPS=steps, num_warps=warps, bc=bc)
-    block_d, block_t, warps = scan_triton._scan_block_sizes(batch, dim, dim, length, dstate)
-    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')  # the previous default
-    # 'state': its heuristic, then chunk length × channels per program × warps around 8 values per thread
-    block_d, block_t, warps = scan_triton._state_block_sizes(batch, dim, dim, length)
-    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=1)
-    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=dstate)
-    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
+    # the default's block sizes, then chunk length × channels per program × warps around 8 values per thread
+    block_d, block_t, warps = default_block_sizes(batch, dim, dim, length)
+    add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=1)
+    add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', UNROLL=dstate)
+    add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
     # the chunk-parallel backward (BWD_T) for sequences longer than one backward chunk, on the default forward
     for bwd_t in (128, 256, 512, 1024):
         if bwd_t < length and bwd_t <= block_t:
             for per_thread in (8, 4):
                 bwd_warps = bwd_t // (32 * per_thread)
                 if 1 <= bwd_warps <= 8:
-                    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic',
-                        BWD_T=bwd_t, bwd_warps=bwd_warps)
+                    add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic', BWD_T=bwd_t,
+                        bwd_warps=bwd_warps)
     longest = triton_next_pow2(length)
     for block_t in (64, 128, 256, 512, 1024, 2048):
         if block_t > max(64, longest) or (level != 'full' and block_t < min(256, longest)):
@@ -264,22 +246,16 @@ def tune_candidates(shape, dstate, level):
             for per_thread in (4, 8, 16):
                 warps = block_d * block_t // (32 * per_thread)
                 if 1 <= warps <= 8:
-                    add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
+                    add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
                     if level == 'full' or batch * dim < 4096:  # few sequences (detection windows): more variants
-                        add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
-                        add(kernel='state', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic',
+                        add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
+                        add(BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic',
                             UNROLL=dstate if block_d == 1 else 1)  # the other loop than the default
-    if level == 'full':
-        for block_d in (1, 2, 4):
-            for block_t in (64, 128, 256):
-                for warps in (2, 4, 8):
-                    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='atomic')
-                    add(kernel='scan', BLOCK_D=block_d, BLOCK_T=block_t, num_warps=warps, bc='partial')
     return cands
 
 
 def bench_backend(inputs, backend, graph=False):
-    """(fwd ms, fwd+bwd ms) of a backend at the current ``_TUNING``: medians of triton.testing.do_bench (CUDA
+    """(fwd ms, fwd+bwd ms) of a backend at the active kernel settings: medians of triton.testing.do_bench (CUDA
     events around eager calls), or with ``graph`` of CUDA graph replays (GPU time alone)."""
     from triton.testing import do_bench
     leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
@@ -299,46 +275,43 @@ def bench_backend(inputs, backend, graph=False):
     return fwd, median_ms(both, 25)
 
 
-def bench_triton_config(inputs, config, scan_triton, graph=False):
-    """(fwd ms, fwd+bwd ms) of one Triton config (None: the default), see ``bench_backend``."""
-    scan_triton._TUNING.clear()
-    if config is not None:
-        scan_triton._TUNING.update(config)
-    try:
+def bench_triton_config(inputs, config, graph=False):
+    """(fwd ms, fwd+bwd ms) of the Triton backend with the kernel settings ``config`` (None: the defaults), see
+    ``bench_backend``."""
+    from mmmambavision.ops.triton import kernel_settings
+    with kernel_settings(**(config or {})):
         return bench_backend(inputs, 'triton', graph)
-    finally:
-        scan_triton._TUNING.clear()
 
 
 def config_name(config):
     if config is None:
         return 'default'
-    short = {'kernel': '', 'BLOCK_D': 'D', 'BLOCK_T': 'T', 'SEGS': 'S', 'STEPS': 'K', 'num_warps': 'w', 'bc': '',
-             'UNROLL': 'unroll', 'BWD_T': 'bwdT', 'bwd_warps': 'bwdw'}
+    short = {'BLOCK_D': 'D', 'BLOCK_T': 'T', 'num_warps': 'w', 'bc': '', 'UNROLL': 'unroll', 'BWD_T': 'bwdT',
+             'bwd_warps': 'bwdw', 'num_stages': 'stages'}
     return ' '.join(f'{short.get(k, k)}{v}' for k, v in config.items())
 
 
 def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=False, budget=None,
-                kernels=None, graph=False):
-    """Sweep the Triton variants: all candidates in the first dtype, the best few of those in the others."""
-    from mmmambavision.ops import scan_triton
+                graph=False):
+    """Sweep the Triton kernel settings: all candidates in the first dtype, the best few of those in the others."""
+    from mmmambavision.ops.triton import launch_config
     start = time.perf_counter()
     how = 'CUDA graph replays' if graph else 'do_bench'
     print(f'\nTriton sweep ({level}): fwd / fwd+bwd ms, median of {how}; cuda = selective_scan_cuda')
     summary = []
     for shape in shapes:
         batch, dim, length = shape
-        default = scan_triton._launch_config(batch, dim, dim, length, dstate)
+        default = launch_config(batch, dim, dim, length, dstate).as_dict()
         default = {k: v for k, v in default.items()
-                   if k not in ('BLOCK_N', 'chunk', 'ckpt', 'N_STATES', 'fwd', 'bwd') and (v or k != 'BWD_T')}
-        cands = [c for c in tune_candidates(shape, dstate, level) if not kernels or c['kernel'] in kernels]
+                   if k not in ('BLOCK_N', 'ckpt', 'N_STATES') and v is not None and (v or k != 'BWD_T')}
+        cands = tune_candidates(shape, dstate, level)
         ranked = None
         for dname in dtypes:
             inputs = make_inputs(shape, dstate, DTYPES[dname], device)
             cuda = (float('nan'), float('nan'))
             if cuda_kernel_available():
                 cuda = bench_backend(inputs, 'cuda', graph)
-            base = bench_triton_config(inputs, None, scan_triton, graph)
+            base = bench_triton_config(inputs, None, graph)
             trial = cands if ranked is None else [c for _, c in ranked[:top]]
             results = []
             shape_start = time.perf_counter()
@@ -347,7 +320,7 @@ def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=Fa
                     print(f'  time budget: skipping the remaining {len(trial) - len(results)} configs')
                     break
                 try:
-                    results.append((bench_triton_config(inputs, config, scan_triton, graph), config))
+                    results.append((bench_triton_config(inputs, config, graph), config))
                 except Exception as error:  # out of resources, compile errors
                     print(f'  {config_name(config)}: {type(error).__name__}: {str(error)[:120]}')
             results.sort(key=lambda r: r[0][1])
@@ -369,7 +342,7 @@ def tune_triton(shapes, dtypes, dstate, device, level='quick', top=2, verbose=Fa
     for shape, dname, cuda, base, best_ms, best in summary:
         print(f'{shape_name(shape):>12} {dname:<5} {cuda[0]:8.3f} {cuda[1]:8.3f} {base[0]:8.3f} {base[1]:8.3f} '
               f'{best_ms[0]:8.3f} {best_ms[1]:8.3f} {cuda[1] / best_ms[1]:9.2f}  {config_name(best)}')
-    print('\nsuggested _default_config rule (best fwd+bwd per shape, first dtype):')
+    print('\nsuggested defaults (mmmambavision/ops/triton/config.py; best fwd+bwd per shape, first dtype):')
     for shape, dname, cuda, base, best_ms, best in summary:
         if dname == dtypes[0]:
             print(f'  batch*dim={shape[0] * shape[1]:>6} L={shape[2]:>6}: {best}')
@@ -402,14 +375,15 @@ def main():
     parser.add_argument('--host-time', action='store_true',
                         help='also the host time per forward+backward call: the mean over 100 calls issued without '
                              'synchronising (CUDA: what the host spends per call while the GPU keeps up)')
-    parser.add_argument('--tune', action='store_true', help='CUDA: sweep the Triton variants afterwards')
+    parser.add_argument('--tune', action='store_true', help='CUDA: sweep the Triton kernel settings afterwards')
     parser.add_argument('--tune-only', action='store_true', help='CUDA: only the sweep, no backend table')
     parser.add_argument('--tune-level', choices=['quick', 'full'], default='quick',
                         help='quick: a sweep of about a minute and a half on an H100; full: every variant')
     parser.add_argument('--tune-budget', type=float, default=None,
                         help='seconds for the sweep (all shapes); stops trying configs past it')
-    parser.add_argument('--tune-kernels', nargs='+', choices=['seq', 'scan', 'state'],
-                        help='the sweep tries only these kernel families (default: all)')
+    parser.add_argument('--tune-kernels', nargs='+', choices=['state'],
+                        help="the kernel families the sweep tries: 'state', the only one (kept for old command "
+                             "lines)")
     parser.add_argument('--tune-verbose', action='store_true', help='print every config\'s times')
     args = parser.parse_args()
 
@@ -437,7 +411,7 @@ def main():
 
     if args.tune_only:
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)
+                    budget=args.tune_budget, graph=graph)
         return
     where = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     print(f'device: {where}'
@@ -491,7 +465,7 @@ def main():
               'synchronising (CUDA: the host\'s share of an eager call while the GPU keeps up)')
     if args.tune and device.type == 'cuda':
         tune_triton(shapes, dtypes, args.dstate, device, args.tune_level, verbose=args.tune_verbose,
-                    budget=args.tune_budget, kernels=args.tune_kernels, graph=graph)
+                    budget=args.tune_budget, graph=graph)
 
 
 if __name__ == '__main__':

@@ -2,13 +2,14 @@
 
 Triton ships the sm_90 toolchain (ptxas, cuobjdump), so a kernel's registers per thread, spills and instruction
 mix can be read on a CPU machine: a first look at a config before spending GPU time on it. Timings still need the
-GPU (``tools/benchmark_scan.py``).
+GPU (``tools/analysis_tools/benchmark_scan.py``). ``--tuning`` takes the settings of
+``mmmambavision.ops.triton.kernel_settings``.
 
 Usage::
 
-    python tools/scan_kernel_stats.py                                  # the default config, MambaVision's shapes
-    python tools/scan_kernel_stats.py --shapes 128x160x196 --tuning kernel=state UNROLL=1
-    python tools/scan_kernel_stats.py --dtype fp32 --tuning kernel=scan BLOCK_D=4 BLOCK_T=64
+    python tools/analysis_tools/scan_kernel_stats.py                    # the default config, MambaVision's shapes
+    python tools/analysis_tools/scan_kernel_stats.py --shapes 128x160x196 --tuning UNROLL=8
+    python tools/analysis_tools/scan_kernel_stats.py --dtype fp32 --tuning BLOCK_D=4 BLOCK_T=64
 
 Columns: registers per thread, spill (stack) bytes, shared memory bytes, SASS instructions, and among them warp
 shuffles (SHFL), barriers (BAR), shared-memory stores/loads (STS/LDS), special-function ops (MUFU: exp2, log, rcp),
@@ -25,7 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mmmambavision.ops import scan_triton
+from mmmambavision.ops.triton import kernel_settings, kernel_launch_args, launch_config, BC_MODES, kernels
 
 ACTIVATIONS = ('u_ptr', 'delta_ptr', 'B_ptr', 'C_ptr', 'y_ptr', 'dy_ptr', 'du_ptr', 'ddelta_ptr')
 ALIGNED_INTS = ('stride_u', 'stride_delta', 'stride_dy', 'stride_Bb', 'stride_Bg', 'stride_Cb', 'stride_Cg', 'dim',
@@ -89,23 +90,20 @@ def resource_usage(compiled):
 
 
 def launch_constants(batch, dim, length, dstate, part, tuning):
-    """The kernel, its constexpr arguments and num_warps that a call at this shape launches, with ``tuning``."""
-    saved = dict(scan_triton._TUNING)
-    scan_triton._TUNING.clear()
-    scan_triton._TUNING.update(tuning)
-    try:
-        config = scan_triton._launch_config(batch, dim, dim, length, dstate)
-    finally:
-        scan_triton._TUNING.clear()
-        scan_triton._TUNING.update(saved)
-    constants = dict(scan_triton._kernel_args(config, part, length), HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
+    """The kernel, its launch config, constexpr arguments and num_warps that a call at this shape launches with the
+    kernel settings ``tuning`` (``kernel_settings`` keys); ``part`` 'fwd', 'bwd' or 'carry'."""
+    with kernel_settings(**tuning):
+        config = launch_config(batch, dim, dim, length, dstate)
+    constants = dict(kernel_launch_args(config, part, length), HAS_BIAS=True, SOFTPLUS=True)
     num_warps = constants.pop('num_warps')
     constants.pop('num_stages', None)
+    if part != 'carry':
+        constants['HAS_D'] = True
     if part == 'fwd':
         constants['STORE_CKPT'] = True
-    else:
-        constants['BC_MODE'] = scan_triton.BC_MODES[config['bc']]
-    return getattr(scan_triton, config[part]), config, constants, num_warps
+    elif part == 'bwd':
+        constants['BC_MODE'] = BC_MODES[config.bc]
+    return getattr(kernels, f'state_{part}_kernel'), config, constants, num_warps
 
 
 def parse_tuning(items):
@@ -124,10 +122,16 @@ def main():
     parser.add_argument('--dtype', choices=list(DTYPES), default='fp16')
     parser.add_argument('--dstate', type=int, default=8)
     parser.add_argument('--tuning', nargs='*', metavar='KEY=VALUE',
-                        help='scan_triton._TUNING items, e.g. kernel=state UNROLL=1 BLOCK_T=512 num_warps=2')
+                        help='kernel settings (mmmambavision.ops.triton.kernel_settings), e.g. UNROLL=1 BLOCK_T=512 '
+                             'num_warps=2')
     parser.add_argument('--arch', type=int, default=90, help='compute capability x10 (90: H100/H200)')
     args = parser.parse_args()
     tuning = parse_tuning(args.tuning)
+    try:
+        with kernel_settings(**tuning):
+            pass
+    except ValueError as error:
+        parser.error(f'argument --tuning: {error}')
     columns = ('registers', 'spill', 'shared', 'instructions', 'shfl', 'bar', 'sts', 'lds', 'mufu', 'ldg', 'atomics')
     print(f"{'shape':<12} {'part':<4} {'config':<52} " + ' '.join(f'{c[:6]:>6}' for c in columns))
     for shape in args.shapes:
@@ -136,10 +140,9 @@ def main():
             kernel, config, constants, num_warps = launch_constants(batch, dim, length, args.dstate, part, tuning)
             compiled = compile_kernel(kernel, constants, num_warps, DTYPES[args.dtype], length % 16 == 0, args.arch)
             usage = resource_usage(compiled)
-            shown = dict(config, BLOCK_T=constants.get('BLOCK_T'), num_warps=num_warps)  # as launched (BWD_T)
-            name = ' '.join(f'{k}={shown[k]}' for k in ('kernel', 'BLOCK_D', 'BLOCK_T', 'UNROLL', 'num_warps')
-                            if shown.get(k) is not None)
-            if part == 'bwd' and config.get('BWD_T'):
+            shown = dict(config.as_dict(), BLOCK_T=constants.get('BLOCK_T'), num_warps=num_warps)  # as launched
+            name = ' '.join(f'{k}={shown[k]}' for k in ('BLOCK_D', 'BLOCK_T', 'UNROLL', 'num_warps'))
+            if part == 'bwd' and config.BWD_T:
                 name += ' split'
             print(f'{shape:<12} {part:<4} {name:<52} ' + ' '.join(f'{usage[c]:>6}' for c in columns), flush=True)
 
