@@ -1,5 +1,5 @@
-"""Selective scan: the float64 reference, the torch backend, dispatch and the Triton kernel logic (CPU)."""
-import importlib.util
+"""Selective scan: the float64 reference, the torch backend and dispatch (CPU). The Triton kernels' logic on CPU:
+test_triton_interpreter.py."""
 import os
 import subprocess
 import sys
@@ -248,17 +248,3 @@ def test_importing_the_package_probes_no_kernel():
     code = ('import sys, mmmambavision.ops; '
             "assert not {'selective_scan_cuda', 'triton', 'mamba_ssm'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-
-
-# --- Triton kernel logic on CPU (interpreter) -------------------------------------------------------------------
-
-@pytest.mark.skipif(importlib.util.find_spec('triton') is None, reason='triton is not installed')
-def test_triton_kernels_match_float64_loop_under_interpreter():
-    """Runs tests/scan_triton_interpret_check.py in a subprocess: TRITON_INTERPRET must be set before import."""
-    script = os.path.join(os.path.dirname(__file__), 'scan_triton_interpret_check.py')
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TRITON_INTERPRET='1',
-               PYTHONPATH=os.pathsep.join([repo] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
-    env.pop('MMMV_SCAN_BACKEND', None)
-    result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
