@@ -29,7 +29,7 @@ KERNELS = [kernels.state_fwd_kernel, kernels.state_bwd_kernel, kernels.state_car
     # one channel per group: plain stores of dB/dC
     ((2, 4, 49), dict(BLOCK_D=1, BLOCK_T=64, bc='store')),
 ], ids=lambda v: 'x'.join(map(str, v)) if isinstance(v, tuple) else '')
-def test_default_launch_config_per_shape(shape, expected):
+def test_defaults_per_shape(shape, expected):
     batch, dim, length = shape
     cpg = 1 if expected.get('bc') == 'store' else dim
     config = launch_config(batch, dim, cpg, length, 8)

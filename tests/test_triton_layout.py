@@ -34,6 +34,7 @@ def test_state_kernel_scans_hold_consecutive_steps_per_thread_at_unaligned_lengt
         assert per_thread[-1] >= 4, f'scan over a {shape} tile with sizePerThread {per_thread}: steps striped'
 
 
+@pytest.mark.slow  # compiles the backward twice: several seconds without Triton's cache
 @needs_cuobjdump
 def test_unroll_1_loops_over_the_states_at_run_time():
     """UNROLL=1 compiles one state's code instead of d_state copies: one loop body (two scans in the backward,

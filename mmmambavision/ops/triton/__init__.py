@@ -21,11 +21,12 @@ Choosing settings, e.g. to measure a variant::
         y = selective_scan(..., backend='triton')             # launched with these settings
         config = launch_config(batch, dim, dim, length, dstate)  # what it launched with
 """
+from . import kernels
 from .config import (BC_MODES, SETTING_NAMES, KernelSettings, LaunchConfig, active_settings, default_block_sizes,
                      kernel_launch_args, kernel_settings, launch_config)
 from .function import TritonSelectiveScan, selective_scan_triton, use_kernels
 from .launch import DirectLauncher, direct_entry, launcher
 
-__all__ = ['BC_MODES', 'SETTING_NAMES', 'KernelSettings', 'LaunchConfig', 'active_settings', 'default_block_sizes',
-           'kernel_launch_args', 'kernel_settings', 'launch_config', 'TritonSelectiveScan', 'selective_scan_triton',
-           'use_kernels', 'DirectLauncher', 'direct_entry', 'launcher']
+__all__ = ['kernels', 'BC_MODES', 'SETTING_NAMES', 'KernelSettings', 'LaunchConfig', 'active_settings',
+           'default_block_sizes', 'kernel_launch_args', 'kernel_settings', 'launch_config', 'TritonSelectiveScan',
+           'selective_scan_triton', 'use_kernels', 'DirectLauncher', 'direct_entry', 'launcher']
