@@ -28,7 +28,7 @@ KERNELS = [kernels.state_fwd_kernel, kernels.state_bwd_kernel, kernels.state_car
     ((2, 4, 1), dict(BLOCK_D=1, BLOCK_T=16, num_warps=1, UNROLL=1, BWD_T=0, bc='atomic')),
     # one channel per group: plain stores of dB/dC
     ((2, 4, 49), dict(BLOCK_D=1, BLOCK_T=64, bc='store')),
-], ids=lambda v: 'x'.join(map(str, v)) if isinstance(v, tuple) else '')
+], ids=['128x160x196', '128x320x49', '2x160x12544', '2x320x3136', '2x4x1', '2x4x49-grouped'])
 def test_defaults_per_shape(shape, expected):
     batch, dim, length = shape
     cpg = 1 if expected.get('bc') == 'store' else dim
