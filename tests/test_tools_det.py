@@ -174,8 +174,8 @@ def test_resume_from_a_checkpoint_in_another_folder_restores_the_saved_state(run
     _assert_same([s.state_dict() for s in runner.param_schedulers], saved['param_schedulers'], 'param_schedulers')
     # the message hub: every saved scalar's history, and the resumed keys (runtime info the loop refreshes aside)
     hub = runner.message_hub.state_dict()
-    _assert_same({k: hub['log_scalars'][k] for k in saved['message_hub']['log_scalars']},
-                 saved['message_hub']['log_scalars'], 'log_scalars')
+    for key, buffer in saved['message_hub']['log_scalars'].items():
+        _assert_same(hub['log_scalars'][key], buffer, f'log_scalars[{key!r}]')
     assert set(saved['message_hub']['resumed_keys']) <= set(hub['resumed_keys'])
     assert saved['message_hub']['log_scalars']['train/loss'].mean() == runner.message_hub.get_scalar(
         'train/loss').mean()
