@@ -1,14 +1,17 @@
 """End to end on generated ADE20K-layout data, through tools/train.py and tools/test.py on CPU: train + validation
-(mIoU printed), test (mIoU / mAcc / aAcc, predictions, coloured pictures) and --resume."""
+(mIoU printed), test from another work_dir (mIoU / mAcc / aAcc, predictions, coloured pictures), --resume, and
+--resume FILE with the checkpoint in another folder. Real trainings: the slow tier."""
 import glob
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 pytest.importorskip('mmseg')
+pytestmark = pytest.mark.slow
 from mmmambavision.testing.ade20k_demo import generate_ade20k_demo  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -63,7 +66,8 @@ def test_train_tool_trains_validates_and_checkpoints(trained):
 def test_test_tool_prints_metrics_writes_predictions_and_pictures(trained):
     work_dir = trained['work_dir']
     out_dir, show_dir = str(trained['root'] / 'pred'), str(trained['root'] / 'show')
-    log = tool('test.py', DEMO, osp.join(work_dir, 'iter_2.pth'), '--work-dir', work_dir, '--out', out_dir,
+    # train --work-dir work, then test work/iter_2.pth --work-dir work_eval
+    log = tool('test.py', DEMO, osp.join(work_dir, 'iter_2.pth'), '--work-dir', work_dir + '_eval', '--out', out_dir,
                '--show-dir', show_dir, '--cfg-options', *small_run_options(trained['data_root'], 2),
                cwd=str(trained['root']))
     for metric in ('mIoU', 'mAcc', 'aAcc'):
@@ -79,3 +83,15 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     assert 'resumed epoch: 0, iter: 2' in log
     assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
     assert osp.exists(osp.join(trained['work_dir'], 'iter_3.pth'))
+
+
+def test_resume_from_a_checkpoint_in_another_folder(trained, tmp_path):
+    """--resume FILE where FILE is a copy in a folder no run has used (a colleague's checkpoint)."""
+    elsewhere = tmp_path / 'colleague' / 'iter_2.pth'
+    elsewhere.parent.mkdir()
+    shutil.copyfile(osp.join(trained['work_dir'], 'iter_2.pth'), elsewhere)
+    log = tool('train.py', DEMO, '--work-dir', str(tmp_path / 'other_run'), '--resume', str(elsewhere),
+               '--cfg-options', *small_run_options(trained['data_root'], 3), cwd=str(trained['root']))
+    assert 'resumed epoch: 0, iter: 2' in log and 'local_data_only backend' in log
+    assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
+    assert osp.exists(str(tmp_path / 'other_run' / 'iter_3.pth'))
