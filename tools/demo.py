@@ -3,7 +3,7 @@
     .venv/bin/python tools/demo.py
 
 1. generates a small synthetic data set in the standard COCO layout (``data/synthcoco``: the real 80-category
-   table, instance polygons; see ``mmmambavision/datasets/coco_demo.py``), unless it is there already;
+   table, instance polygons; see ``mmmambavision/testing/coco_demo.py``), unless it is there already;
 2. trains ``configs/det/demo_cascade_mambavision_t_synthcoco.py`` through ``tools/train.py``'s code (train, then
    COCO validation);
 3. tests the last checkpoint through ``tools/test.py``'s code with ``--show-dir``;

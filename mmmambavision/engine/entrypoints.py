@@ -111,8 +111,8 @@ def check_data(cfg: Config, loaders: Sequence[str]) -> None:
         if data_root and '://' not in data_root and not osp.isdir(data_root):
             hint = ('generate the synthetic demo set with `python -m mmmambavision.testing.coco_demo ' +
                     data_root + '` (or run tools/demo.py)') if 'synth' in data_root else (
-                        'lay the data out as README.md (Detection / Segmentation: data layout) describes (e.g. '
-                        'data/coco/{annotations,train2017,val2017}), or point the config at it with '
+                        'lay the data out as docs/detection.md or docs/segmentation.md (Data and weights) '
+                        'describes (e.g. data/coco/{annotations,train2017,val2017}), or point the config at it with '
                         f'--cfg-options {name}.dataset.data_root=/path/to/data/')
             raise FileNotFoundError(f'{name}: data_root {data_root!r} does not exist (working directory '
                                     f'{os.getcwd()}); {hint}')

@@ -13,7 +13,7 @@ super-categories as in ``instances_val2017.json``), so a config keeps ``type='Co
 own shape and colour, with jittered size, aspect, rotation and shade, on a noisy gradient background. Every
 instance is one polygon (``segmentation=[[x1, y1, x2, y2, ...]]``) and the pixels painted are exactly that polygon,
 so masks, boxes and areas agree. Objects do not overlap. The task is learnable from shape and colour: a longer
-training run reaches a box AP far above zero (see README.md, Detection).
+training run reaches a box AP far above zero (see docs/detection.md, The CPU demo).
 
 Usage::
 
