@@ -1,70 +1,20 @@
-"""The one checkpoint loader: every file mmengine's runners write loads, nothing in a file is ever executed.
-
-A checkpoint is a pickle, and a pickle is a program: it names globals (``module.name``) and calls them. torch's
-``weights_only`` unpickler allows tensors and a few containers, which is not enough for what mmengine runners
-write (numpy arrays and scalars, and the message hub's ``HistoryBuffer`` objects, whose statistics methods are
-pickled as ``builtins.getattr(HistoryBuffer, 'mean')``); ``weights_only=False`` with the default pickle module
-runs whatever a file names. This module reads every checkpoint with :class:`CheckpointUnpickler` instead
-(``torch.load(..., weights_only=False, pickle_module=restricted_pickle)``), which knows the data a runner
-checkpoint holds and nothing else:
-
-* **tensors**: the ``torch.*`` part of torch's own ``weights_only`` allow-list (torch's tensor rebuild functions,
-  ``torch.Size``, ``torch.device``, tensor / storage types, dtypes, quantisation schemes);
-* **numpy**: ``numpy.ndarray``, ``numpy.dtype``, the ``numpy.dtypes.*DType`` classes and
-  ``numpy(._)core.multiarray._reconstruct`` / ``.scalar`` and ``numpy(._)core.numeric._frombuffer`` (arrays in
-  protocol-5 pickles); ``_codecs.encode`` (how byte payloads are pickled);
-* **containers**: ``collections.OrderedDict`` and ``collections.Counter`` (MultiStepLR's milestones),
-  ``builtins.set`` / ``frozenset`` / ``complex`` / ``bytearray``, ``argparse.Namespace`` (the ``args`` of the
-  published ImageNet files); plain dicts, lists, tuples, strings and numbers need no global;
-* **mmengine's HistoryBuffer**, rebuilt from its data: its state may hold only its history arrays, its maximum
-  length and its statistics methods, each of which must be the class's own registered method of that name.
-  ``builtins.getattr`` resolves to a guard that answers only ``getattr(HistoryBuffer, name)`` for a registered
-  statistics method (``min``, ``max``, ``current``, ``mean``, ...) and refuses every other call (pickle
-  protocols >= 4 name such a method directly, ``mmengine.logging.history_buffer.HistoryBuffer.mean``: allowed
-  under the same rule).
-
-Every other global is refused by its name: the file's pickles are scanned before anything is loaded, so a file
-naming one raises :class:`UnsafeCheckpointError` listing all it names, and nothing from it is loaded; the
-unpickler refuses the same names again while loading (the scan is a convenience, not the guard). What only shows
-while loading (a ``getattr`` on something else, a HistoryBuffer state holding anything but its data) is refused
-at that step, before the call it asks for is made. State is set only on the containers above (``BUILD`` on
-anything else is refused), so a file cannot alter a class or a function. TorchScript archives (which ``torch.load``
-would hand to ``torch.jit.load``) are refused as well. No folder is trusted or distrusted: a run's own
-checkpoints, a colleague's, a published mmdet / mmseg file and a downloaded one are read the same way.
-
-``import mmmambavision`` (every config does it through ``custom_imports``) installs :func:`load_checkpoint_file`
-as mmengine's loader for local files, and for ``http(s)://`` files once downloaded
-(:func:`register_checkpoint_loader`), so ``load_from``, ``tools/test.py``'s checkpoint, ``--resume`` (with or
-without a file) and mmdet's / mmseg's own tools and inferencers read checkpoints through it. The backbone's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` uses it via
-:func:`load_pretrained`, which reads the published layouts:
-
-* ImageNet files (``mambavision_*_1k.pth.tar``): timm-trainer dicts with ``state_dict`` (including the
-  classification ``head.*`` and final ``norm.*``, which a backbone does not have) and an ``argparse.Namespace``
-  under ``args``;
-* mmdet / mmseg files: ``state_dict`` with ``backbone.`` / ``neck.`` / ... prefixes, mmengine ``meta`` and
-  possibly the run's ``message_hub``.
-
-``python -m mmmambavision.checkpoint FILE...`` lists the globals each file names and which of them are refused.
-"""
+"""The data-only unpickler behind :mod:`mmmambavision.checkpoint`: the allow-list, the HistoryBuffer rebuild,
+the pre-load scan of a file's globals (see the package docstring for the policy)."""
 import _compat_pickle
 import argparse
 import collections
 import functools
 import io
-import os
-import os.path as osp
 import pickle
 import pickletools
 import zipfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from mmengine.logging import print_log
 
 __all__ = [
-    'CheckpointUnpickler', 'UnsafeCheckpointError', 'allowed_globals', 'extract_state_dict', 'globals_in_checkpoint',
-    'load_checkpoint_file', 'load_from_http_data_only', 'load_from_local_data_only', 'load_pretrained',
-    'refused_globals_in_checkpoint', 'register_checkpoint_loader', 'restricted_pickle'
+    'CheckpointUnpickler', 'UnsafeCheckpointError', 'allowed_globals', 'globals_in_checkpoint',
+    'is_torchscript_archive', 'refusal', 'refused_globals_in_checkpoint', 'restricted_pickle'
 ]
 
 _HISTORY_BUFFER = ('mmengine.logging.history_buffer', 'HistoryBuffer')
@@ -77,7 +27,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint names a global (or asks for a call) that a plain runner checkpoint never does."""
 
 
-def _refusal(what: str, filename: Optional[str] = None) -> UnsafeCheckpointError:
+def refusal(what: str, filename: Optional[str] = None) -> UnsafeCheckpointError:
     where = f'{filename}: ' if filename else ''
     return UnsafeCheckpointError(
         f'{where}refusing to load this checkpoint: it references {what}, which is not part of a plain runner '
@@ -199,11 +149,11 @@ def _statistics_method_getattr(obj: Any, name: Any, *default: Any) -> Any:
     """``builtins.getattr`` as a checkpoint may use it: a HistoryBuffer's statistics method, looked up by name."""
     if default or not (isinstance(obj, type) and issubclass(obj, _HistoryBufferBeingRebuilt)):
         owner = getattr(obj, '__qualname__', None) or type(obj).__qualname__
-        raise _refusal(f'builtins.getattr({owner}, {name!r}): getattr is allowed only for HistoryBuffer\'s '
+        raise refusal(f'builtins.getattr({owner}, {name!r}): getattr is allowed only for HistoryBuffer\'s '
                        'statistics methods')
     methods = _statistics_methods()
     if name not in methods:
-        raise _refusal(f'builtins.getattr(HistoryBuffer, {name!r}): {name!r} is not one of HistoryBuffer\'s '
+        raise refusal(f'builtins.getattr(HistoryBuffer, {name!r}): {name!r} is not one of HistoryBuffer\'s '
                        f'statistics methods ({", ".join(sorted(methods))})')
     return methods[name]
 
@@ -218,26 +168,26 @@ def _rebuild_history_buffer(buffer: Any, state: Any) -> None:
     if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
         state = state[0]
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
-        raise _refusal(f'a HistoryBuffer state of type {type(state).__name__} (a dict of its data is expected)')
+        raise refusal(f'a HistoryBuffer state of type {type(state).__name__} (a dict of its data is expected)')
     data = dict(state)
     methods = data.pop('statistics_methods', {})
     if not isinstance(methods, dict):
-        raise _refusal(f'HistoryBuffer statistics_methods of type {type(methods).__name__}')
+        raise refusal(f'HistoryBuffer statistics_methods of type {type(methods).__name__}')
     own = _statistics_methods()
     for name, method in methods.items():
         if own.get(name) is not method:
-            raise _refusal(f'a HistoryBuffer statistics method {name!r} = {method!r}, which is not '
+            raise refusal(f'a HistoryBuffer statistics method {name!r} = {method!r}, which is not '
                            f'HistoryBuffer.{name}')
     for key, value in data.items():
         if key in _HISTORY_BUFFER_ARRAYS:
             if not (type(value) is numpy.ndarray and value.dtype.kind in 'biuf'):
-                raise _refusal(f'HistoryBuffer.{key} of type {type(value).__name__} (a numeric numpy array is '
+                raise refusal(f'HistoryBuffer.{key} of type {type(value).__name__} (a numeric numpy array is '
                                'expected)')
         elif key in _HISTORY_BUFFER_DATA:
             if type(value) is not _HISTORY_BUFFER_DATA[key]:
-                raise _refusal(f'HistoryBuffer.{key} of type {type(value).__name__}')
+                raise refusal(f'HistoryBuffer.{key} of type {type(value).__name__}')
         else:
-            raise _refusal(f'HistoryBuffer attribute {key!r} (a HistoryBuffer holds only '
+            raise refusal(f'HistoryBuffer attribute {key!r} (a HistoryBuffer holds only '
                            f'{", ".join(_HISTORY_BUFFER_ARRAYS + tuple(_HISTORY_BUFFER_DATA))} and its statistics '
                            'methods)')
     buffer.__dict__.update(data)
@@ -272,13 +222,13 @@ class CheckpointUnpickler(pickle._Unpickler):
 
             def __new__(cls, *args, **kwargs):
                 if args or kwargs:
-                    raise _refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
+                    raise refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
                 buffer = object.__new__(cls)
                 buffers.append(buffer)
                 return buffer
 
             def __init__(self, *args, **kwargs):  # a REDUCE call; runners pickle HistoryBuffers by their state
-                raise _refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
+                raise refusal('a call of HistoryBuffer(...) (runner checkpoints hold its state only)')
 
         self._history_buffer = HistoryBufferBeingRebuilt
 
@@ -290,7 +240,7 @@ class CheckpointUnpickler(pickle._Unpickler):
             return _statistics_methods()[name.split('.', 1)[1]]
         allowed = _allowed()
         if (module, name) not in allowed:
-            raise _refusal(f'{module}.{name}')
+            raise refusal(f'{module}.{name}')
         return allowed[(module, name)]
 
     def _load_build(self) -> None:
@@ -303,12 +253,12 @@ class CheckpointUnpickler(pickle._Unpickler):
             if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
                 state = state[0]
             if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
-                raise _refusal(f'a {type(inst).__name__} state of type {type(state).__name__}')
+                raise refusal(f'a {type(inst).__name__} state of type {type(state).__name__}')
             inst.__dict__.update(state)
         elif type(inst) is numpy.ndarray or isinstance(inst, numpy.dtype):
             inst.__setstate__(state)
         else:
-            raise _refusal(f'setting the state of a {type(inst).__module__}.{type(inst).__qualname__} object')
+            raise refusal(f'setting the state of a {type(inst).__module__}.{type(inst).__qualname__} object')
 
     dispatch[pickle.BUILD[0]] = _load_build
 
@@ -316,7 +266,7 @@ class CheckpointUnpickler(pickle._Unpickler):
         result = super().load()
         unbuilt = [buffer for buffer in self._buffers if isinstance(buffer, _HistoryBufferBeingRebuilt)]
         if unbuilt:
-            raise _refusal(f'{len(unbuilt)} HistoryBuffer object(s) without their data')
+            raise refusal(f'{len(unbuilt)} HistoryBuffer object(s) without their data')
         return result
 
 
@@ -412,137 +362,8 @@ def refused_globals_in_checkpoint(filename: str) -> List[str]:
     return [f'{module}.{name}' for module, name in _globals_in_file(filename) if not _is_allowed(module, name)]
 
 
-def _is_torchscript_archive(filename: str) -> bool:
+def is_torchscript_archive(filename: str) -> bool:
     if not _is_zip(filename):
         return False
     with zipfile.ZipFile(filename) as archive:
         return any(entry.split('/', 1)[-1] == 'constants.pkl' for entry in archive.namelist())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
-    """Load a local checkpoint file without executing anything in it (see the module docstring).
-
-    The signature of mmengine's local loader (``CheckpointLoader``'s scheme ``''``). Raises
-    ``FileNotFoundError`` for a missing file and :class:`UnsafeCheckpointError` (a ``pickle.UnpicklingError``)
-    for a file that references anything outside the allow-list.
-    """
-    filename = osp.expanduser(os.fspath(filename))
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    if _is_torchscript_archive(filename):
-        raise _refusal('TorchScript code (a torch.jit archive; load it with torch.jit.load if you trust it)',
-                       filename)
-    refused = refused_globals_in_checkpoint(filename)
-    if refused:
-        raise _refusal(', '.join(refused), filename)
-    if os.getenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '0').lower() in ('1', 'y', 'yes', 'true'):
-        return torch.load(filename, map_location=map_location, weights_only=True)  # stricter still: as asked
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=False, pickle_module=restricted_pickle)
-    except UnsafeCheckpointError as error:
-        raise UnsafeCheckpointError(f'{filename}: {error}') from None
-
-
-def register_checkpoint_loader() -> None:
-    """Make mmengine's ``CheckpointLoader`` read checkpoints with :func:`load_checkpoint_file`.
-
-    Called by ``import mmmambavision``. Local files (scheme ``''``) replace mmengine's own local loader, a plain
-    ``torch.load``. ``http://`` / ``https://`` files are downloaded as before (into torch hub's checkpoint cache)
-    and then read the same way: mmengine's own http loader uses torch hub's ``load_state_dict_from_url``, whose
-    ``torch.load`` runs with ``weights_only=False``. mmengine's ``open-mmlab://``, ``torchvision://`` and
-    ``mmcls://`` loaders call its module-level ``load_from_http``, which is replaced too.
-    """
-    from mmengine.runner import checkpoint as mmengine_checkpoint
-    mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_data_only, force=True)
-    mmengine_checkpoint.CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
-                                                        loader=load_from_http_data_only, force=True)
-    mmengine_checkpoint.load_from_http = load_from_http_data_only
-
-
-def load_from_local_data_only(filename: str, map_location: Any = None) -> Any:
-    """:func:`load_checkpoint_file` under the name mmengine logs ("Loads checkpoint by local_data_only backend")."""
-    return load_checkpoint_file(filename, map_location)
-
-
-def _download(url: str, model_dir: Optional[str], progress: bool) -> str:
-    """Where torch hub's ``load_state_dict_from_url`` keeps ``url``, downloaded if it is not there yet."""
-    from urllib.parse import urlparse
-
-    from torch.hub import download_url_to_file, get_dir
-    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
-    cached = osp.join(model_dir, osp.basename(urlparse(url).path))
-    if not osp.exists(cached):
-        download_url_to_file(url, cached, None, progress=progress)
-    return cached
-
-
-def load_from_http_data_only(filename: str, map_location: Any = None, model_dir: Optional[str] = None,
-                             progress: bool = False) -> Any:
-    """mmengine's ``load_from_http`` (rank 0 downloads first when distributed), reading with
-    :func:`load_checkpoint_file`."""
-    from mmengine.dist import get_dist_info
-    rank, world_size = get_dist_info()
-    if rank == 0:
-        cached = _download(filename, model_dir, progress)
-    if world_size > 1:
-        torch.distributed.barrier()
-        if rank > 0:
-            cached = _download(filename, model_dir, progress)
-    return load_checkpoint_file(cached, map_location)
-
-
-def extract_state_dict(checkpoint: Any, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The state dict of a loaded checkpoint, with ``prefix`` (e.g. ``'backbone.'``) selected and stripped."""
-    if isinstance(checkpoint, dict):
-        for key in ('state_dict', 'model', 'state_dict_ema'):
-            if key in checkpoint and isinstance(checkpoint[key], dict):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f'checkpoint holds no state dict (found {type(checkpoint).__name__})')
-    state_dict = collections.OrderedDict(
-        (k[len('module.'):] if k.startswith('module.') else k, v) for k, v in checkpoint.items())
-    if prefix:
-        if not prefix.endswith('.'):
-            prefix += '.'
-        selected = collections.OrderedDict(
-            (k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
-        if not selected:
-            raise KeyError(f'no key in the checkpoint starts with prefix {prefix!r}')
-        state_dict = selected
-    return state_dict
-
-
-def load_pretrained(module: torch.nn.Module, filename: str, prefix: Optional[str] = None,
-                    map_location: Any = 'cpu') -> None:
-    """Load published weights into ``module``, logging missing and unexpected keys by name."""
-    from mmengine.runner.checkpoint import load_state_dict
-    if not isinstance(filename, str) or '://' in filename:
-        raise ValueError(f'checkpoint must be a local file path, got {filename!r} (download it first)')
-    if not osp.isfile(osp.expanduser(filename)):
-        raise FileNotFoundError(
-            f'checkpoint file {filename!r} does not exist: download the published weights there, or pass '
-            "init_cfg=None (e.g. --cfg-options model.backbone.init_cfg=None) to train from scratch")
-    state_dict = extract_state_dict(load_checkpoint_file(filename, map_location), prefix)
-    print_log(f'load {"" if not prefix else prefix + "* of "}{filename} into {type(module).__name__}',
-              logger='current')
-    load_state_dict(module, state_dict, strict=False, logger='current')
-
-
-def _main() -> None:  # pragma: no cover - a diagnostic
-    import sys
-    for filename in sys.argv[1:]:
-        names = globals_in_checkpoint(filename)
-        refused = set(refused_globals_in_checkpoint(filename))
-        print(f'{filename}: {len(names)} globals, {len(refused)} refused')
-        for name in names:
-            print(f'  {"REFUSED " if name in refused else "allowed "} {name}')
-
-
-if __name__ == '__main__':
-    _main()
