@@ -9,6 +9,7 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/mambavision_adamw_amp.py',
 ]
 custom_imports = dict(imports=['mmmambavision'], allow_failed_imports=False)
 
@@ -39,7 +40,7 @@ model = dict(
         drop_path_rate=0.2,
         # ImageNet-1K weights (nvidia/MambaVision-T-1K on the Hugging Face hub, CC-BY-NC-SA-4.0) go here;
         # train from scratch with --cfg-options model.backbone.init_cfg=None optim_wrapper.type=OptimWrapper
-        # (fp32: from scratch, the padded windows' gradients can overflow fp16; see README, Detection).
+        # (fp32: from scratch, the padded windows' gradients can overflow fp16; see docs/detection.md).
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mambavision_tiny_1k.pth.tar')),
     neck=dict(in_channels=[80, 160, 320, 640]),
     roi_head=dict(bbox_head=[
@@ -82,27 +83,10 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33], gamma=0.1),
 ]
 
-# AdamW without weight decay on normalisation layers (norm_decay_mult covers every BN / LN, whatever its name),
-# the selective-scan parameters (A_log, D) and layer-scale (gamma_1 / gamma_2, used by B).
+# AdamW with fp16 AMP and the loss-scale hook (../_base_/mambavision_adamw_amp.py): lr 1e-4, wd 0.05.
 optim_wrapper = dict(
-    _delete_=True,
-    type='AmpOptimWrapper',
-    # mmengine's default constructor with these settings, then one param group per distinct setting instead of
-    # one per parameter (AdamW's multi-tensor update then runs a few times per step, not ~700 times)
-    constructor='MergedGroupsOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'A_log': dict(decay_mult=0.),
-            'mixer.D': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.),
-        }))
-
-# fp16 AMP: log the loss scale in every training line and warn if it collapses (gradients beyond fp16's range,
-# e.g. when training from scratch; see mmmambavision.AmpLossScaleHook).
-custom_hooks = [dict(type='AmpLossScaleHook')]
+    _base_.mambavision_optim_wrapper, _delete_=True,
+    optimizer=dict(_base_.mambavision_optim_wrapper.optimizer, lr=1e-4, weight_decay=0.05))
 
 # The learning rate above is for 16 images per step; `--auto-scale-lr` rescales it to the actual batch.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -6,6 +6,7 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
+    '../_base_/mambavision_adamw_amp.py',
 ]
 custom_imports = dict(imports=['mmmambavision'], allow_failed_imports=False)
 
@@ -26,27 +27,11 @@ model = dict(
     decode_head=dict(in_channels=[80, 160, 320, 640], num_classes=150),
     auxiliary_head=dict(in_channels=320, num_classes=150))
 
-# AdamW without weight decay on normalisation layers, the SSM parameters (A_log, D) and layer-scale (gamma*).
+# AdamW with fp16 AMP and the loss-scale hook (../_base_/mambavision_adamw_amp.py), wd 0.01.
 # Published learning rates: T 5e-5, S 6e-5, B 5e-5.
 optim_wrapper = dict(
-    _delete_=True,
-    type='AmpOptimWrapper',
-    # mmengine's default constructor with these settings, then one param group per distinct setting instead of
-    # one per parameter (AdamW's multi-tensor update then runs a few times per step, not ~700 times)
-    constructor='MergedGroupsOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'A_log': dict(decay_mult=0.),
-            'mixer.D': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.),
-        }))
-
-# fp16 AMP: log the loss scale in every training line and warn if it collapses (gradients beyond fp16's range,
-# e.g. when training from scratch; see mmmambavision.AmpLossScaleHook).
-custom_hooks = [dict(type='AmpLossScaleHook')]
+    _base_.mambavision_optim_wrapper, _delete_=True,
+    optimizer=dict(_base_.mambavision_optim_wrapper.optimizer, lr=5e-5, weight_decay=0.01))
 
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
