@@ -140,16 +140,18 @@ def _check_against_reference(model, size, seed=0):
         assert rel < 1e-4 and worst < 1e-4, f'stage {i}: relative error {rel:.2e}, max {worst:.2e}'
 
 
-@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize('arch', [pytest.param(a, marks=pytest.mark.slow) if a.startswith('large') else a
+                                  for a in ARCHS])  # the large sizes: seconds each (slow tier)
 def test_classification_windows_match_float64_reference(arch):
     # 124 px: stage 3 is 8x8 in 14-windows and stage 4 4x4 in 7-windows, so padding is exercised.
     _check_against_reference(MambaVision(arch, window_size=(8, 8, 14, 7)), (124, 124))
 
 
+# The published det / seg windows make 12544- and 4096-step sequences: minutes for the float64 loops (slow tier).
 @pytest.mark.parametrize('arch,window,size', [
-    ('tiny', (8, 8, 112, 56), (70, 45)),   # detection windows: one padded window per image
-    ('base', (8, 8, 112, 56), (45, 38)),
-    ('tiny', (8, 8, 64, 32), (93, 61)),    # segmentation windows
+    pytest.param('tiny', (8, 8, 112, 56), (70, 45), marks=pytest.mark.slow),  # detection: one padded window
+    pytest.param('base', (8, 8, 112, 56), (45, 38), marks=pytest.mark.slow),
+    pytest.param('tiny', (8, 8, 64, 32), (93, 61), marks=pytest.mark.slow),   # segmentation windows
     ('small', (8, 8, 5, 3), (161, 99)),    # many windows per image, ragged borders
 ])
 def test_detection_and_segmentation_windows_match_float64_reference(arch, window, size):
