@@ -1,6 +1,6 @@
 """An independent float64 straight-line MambaVision, computed from a state dict with the published key names.
 
-Written from the paper and REFERENCE.md, deliberately sharing no code with ``mmmambavision.models``: windows
+Written from the paper and the published weights' layout, deliberately sharing no code with ``mmmambavision.models``: windows
 are cut with explicit slicing loops, LayerNorm / GELU / softmax / SiLU / softplus are spelt out, the depthwise
 conv is a shifted sum and the selective scan is a sequential loop. Block types are read off the key names
 (``mixer.qkv`` means attention), not from the depth rule the package implements.

@@ -9,7 +9,7 @@ from float64_reference import reference_forward
 
 DATA = osp.join(osp.dirname(__file__), 'data')
 ARCHS = ['tiny', 'tiny2', 'small', 'base', 'large', 'large2']
-# Published parameter counts with the classification head (REFERENCE.md §1), in millions.
+# Published parameter counts with the classification head (the paper's table), in millions.
 PUBLISHED_PARAMS = {'tiny': 31.79, 'tiny2': 35.10, 'small': 50.14, 'base': 97.69, 'large': 227.96,
                     'large2': 241.55}
 SMALL_ARCH = dict(dim=16, in_dim=8, depths=(1, 2, 3, 2), num_heads=(1, 2, 2, 4), layer_scale=1e-5)

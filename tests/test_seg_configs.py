@@ -1,5 +1,5 @@
 """Segmentation configs: every one parses and builds, the heads match the backbone, and the 160k configs state the
-published UperNet recipe (REFERENCE §2: crops, batch, optimiser, schedule, windows, pretrained file names)."""
+published UperNet recipe (crops, batch, optimiser, schedule, windows, pretrained file names)."""
 import argparse
 import copy
 import glob

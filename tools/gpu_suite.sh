@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# Everything this project measures or checks on a GPU, in one go (one device call: start-up counts against a
-# budget). Writes logs under OUT (default ./gpu_suite_out) and prints the tables at the end.
+# Everything this project measures or checks on a GPU, in one go. Writes logs under OUT (default ./gpu_suite_out)
+# and prints the tables at the end.
 #
-#   bash tools/gpu_suite.sh                     # on a machine with this stack installed
-#   # device machine of the device tool: copy ../shared/device to .device_kit first, carry it, then
-#   source .device_kit/setup_device.sh > /tmp/kit.log 2>&1; export PYTHONPATH=$PWD:$PYTHONPATH; bash tools/gpu_suite.sh
+#   bash tools/gpu_suite.sh                     # on a GPU machine with this stack (and mamba-ssm, timm) installed
 #
 # Steps (each bounded by a timeout, in seconds, overridable through the environment):
 #   1. GPU tests: mixer, inference paths, selective scan (tests/test_*_gpu.py)     T_TESTS=300

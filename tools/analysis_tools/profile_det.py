@@ -93,7 +93,7 @@ def _phase_ranges(model, optim_wrapper):
 
 def kineto_activity(event) -> str:
     """kineto's activity type of a profiler event ('kernel', 'gpu_memcpy', 'cuda_runtime', 'user_annotation', ...).
-    torch >= 2.12 names it (``_KinetoEvent.activity_type``); older torch (2.11 on the device machine) does not, so
+    torch >= 2.12 names it (``_KinetoEvent.activity_type``); older torch (e.g. 2.11) does not, so
     it is rebuilt from what they expose: on the GPU, annotations (``is_user_annotation``; where that is missing too,
     the det:: ranges and events without a correlation id), copies ('Memcpy ...'), memsets ('Memset ...') and
     kernels; on the host, annotations, CUDA runtime (cuda*) and driver (cu*) calls, and operators."""
