@@ -2,8 +2,9 @@
 
 Module and parameter names follow the published checkpoints so that their weights load without conversion.
 """
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -182,8 +183,22 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+# Bound on the elements of one chunk of explicit attention scores (sequences x heads x queries x keys) when the
+# weights are recorded: a detection window of 112 x 112 tokens would otherwise need a 12544 x 12544 matrix per head.
+_RECORD_CHUNK_ELEMENTS = 1 << 24
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention over a window's tokens (qkv with bias, scaled dot product)."""
+    """Multi-head self-attention over a window's tokens (qkv with bias, scaled dot product).
+
+    The weights can be read: with ``record_weights = True`` (or inside :func:`record_attention`) the forward
+    computes them explicitly, ``softmax(q @ k.T / sqrt(head_dim))`` per head, multiplies them into ``v`` (in query
+    chunks of bounded memory) and keeps them, detached and in float32 (float64 for a float64 input), in
+    ``attn_weights``: (sequences, heads, queries, keys), every query or only the query tokens listed in
+    ``record_queries`` (in that order). The output equals the default path's to float rounding; parameters and
+    state dict are the same. With the default ``record_weights = False`` the forward is
+    ``F.scaled_dot_product_attention`` and keeps nothing.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -193,13 +208,68 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = Linear(dim, dim * 3, bias=True)
         self.proj = Linear(dim, dim)
+        self.record_weights = False
+        self.record_queries: Optional[Sequence[int]] = None
+        self.attn_weights: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.record_weights:
+            x = self._attend_and_record(q, k, v)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+
+    def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Explicit softmax attention, chunked over the queries; keeps the weights in ``attn_weights``."""
+        seqs, heads, length, _ = q.shape
+        dtype = torch.promote_types(q.dtype, torch.float32)  # half-precision scores: softmax in float32
+        rows = None
+        if self.record_queries is not None:
+            rows = torch.as_tensor(self.record_queries, dtype=torch.long, device=q.device).reshape(-1)
+            if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= length):
+                raise ValueError(f'record_queries must be token indices in 0..{length - 1} (the sequences have '
+                                 f'{length} tokens), got {self.record_queries!r}')
+            kept = q.new_empty(seqs, heads, rows.numel(), length, dtype=dtype)
+        else:
+            kept = q.new_empty(seqs, heads, length, length, dtype=dtype)
+        chunk = max(1, _RECORD_CHUNK_ELEMENTS // (seqs * heads * length))
+        k_t = k.transpose(-2, -1).to(dtype)
+        outs = []
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            scores = (q[:, :, start:stop].to(dtype) @ k_t) * self.head_dim ** -0.5
+            attn = torch.softmax(scores, dim=-1)
+            outs.append(attn.to(v.dtype) @ v)
+            if rows is None:
+                kept[:, :, start:stop] = attn.detach()
+            else:
+                inside = (rows >= start) & (rows < stop)
+                if bool(inside.any()):
+                    kept[:, :, inside] = attn.detach()[:, :, rows[inside] - start]
+        self.attn_weights = kept
+        return torch.cat(outs, dim=2)
+
+
+@contextlib.contextmanager
+def record_attention(module: nn.Module, queries: Optional[Sequence[int]] = None) -> Iterator[List[Attention]]:
+    """Record the weights of every :class:`Attention` in ``module`` (itself included) while inside the block.
+
+    Sets ``record_weights = True`` and ``record_queries = queries`` (None: every query token) on each, clears their
+    ``attn_weights``, yields the modules in ``module.modules()`` order and restores their previous settings on exit;
+    the weights of the last forward stay in ``attn_weights`` for the caller to read.
+    """
+    modules = [m for m in module.modules() if isinstance(m, Attention)]
+    saved = [(m.record_weights, m.record_queries) for m in modules]
+    try:
+        for m in modules:
+            m.record_weights, m.record_queries, m.attn_weights = True, queries, None
+        yield modules
+    finally:
+        for m, (record, rows) in zip(modules, saved):
+            m.record_weights, m.record_queries = record, rows
 
 
 class HybridBlock(nn.Module):
