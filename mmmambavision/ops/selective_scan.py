@@ -6,14 +6,18 @@ process and device type, the fastest backend that works here:
 * ``cuda``   — mamba-ssm's compiled ``selective_scan_cuda`` extension behind our own autograd Function
   (CUDA tensors, when the extension imports; the ``mamba_ssm`` Python package is never imported);
 * ``triton`` — our own Triton kernels, forward and backward (CUDA tensors, nothing to compile);
-* ``torch``  — a chunked time-major loop with an analytic backward (any device).
+* ``torch``  — a chunked time-major loop with an analytic backward (any device);
+* ``chunked`` — the chunked matrix form of :mod:`.scan_chunked`: plain tensor ops, no loop over time steps
+  (any device; never chosen automatically).
 
 Override with ``backend=`` or the environment variable ``MMMV_SCAN_BACKEND`` (``auto``, ``cuda``, ``triton``,
-``torch``); the argument wins over the variable.
+``torch``, ``chunked``); the argument wins over the variable. While ``torch.onnx.export`` traces a model, every
+call runs the chunked form whatever the setting, so that the scan exports as plain ONNX ops.
 """
 import importlib
 import logging
 import os
+import sys
 import threading
 from typing import Dict, Optional, Tuple, Union
 
@@ -21,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scan_chunked import selective_scan_chunked
 from .scan_reference import expand_bc
 from .scan_torch import selective_scan_torch
 
-BACKENDS = ('cuda', 'triton', 'torch')
+BACKENDS = ('cuda', 'triton', 'torch', 'chunked')
 ENV_VAR = 'MMMV_SCAN_BACKEND'
 _ALLOWED = ('auto',) + BACKENDS
 
@@ -87,7 +92,7 @@ def _requested() -> Tuple[str, str]:
 
 def _require(name: str, device_type: str, source: str) -> None:
     """Raise a clear error when an explicitly requested backend cannot run on this device."""
-    if name == 'torch':
+    if name in ('torch', 'chunked'):
         return
     if name == 'cuda' and device_type != 'cuda':
         raise RuntimeError(f"selective_scan backend 'cuda' was requested{source} but the tensors are on "
@@ -107,7 +112,7 @@ def selected_backend(device: Union[str, torch.device, None] = None, backend: Opt
 
     Args:
         device: a device or its type ('cuda', 'cpu', ...); None means 'cpu'.
-        backend: 'auto'/None, 'cuda', 'triton' or 'torch'; overrides ``MMMV_SCAN_BACKEND``.
+        backend: 'auto'/None, 'cuda', 'triton', 'torch' or 'chunked'; overrides ``MMMV_SCAN_BACKEND``.
 
     Returns:
         The backend name. An automatic choice is made once per process and device type, and logged once.
@@ -192,15 +197,52 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state h_L, (batch, dim, d_state) fp32, which (as in
             mamba-ssm) carries no gradient.
-        backend: None/'auto', 'cuda', 'triton' or 'torch'; overrides the ``MMMV_SCAN_BACKEND`` variable.
+        backend: None/'auto', 'cuda', 'triton', 'torch' or 'chunked'; overrides the ``MMMV_SCAN_BACKEND``
+            variable. During ONNX export the chunked form runs whatever this says.
 
     Returns:
         y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
+    if _in_onnx_export():  # first: torch.export's tracing also counts as compiling
+        _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+        _check_name(backend, 'selective_scan argument backend')
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                      loop=export_loop())
     if torch.compiler.is_compiling():
         return _untraced()(*args)
     return _selective_scan(*args)
+
+
+_export_check = None
+
+
+def _in_onnx_export() -> bool:
+    """``torch.onnx.is_in_onnx_export()`` at a fraction of its cost per call (it imports two modules each time);
+    False without an import of torch.onnx (no export can be under way then; torch imports it lazily)."""
+    global _export_check
+    if 'torch.onnx' not in sys.modules:
+        return False
+    if _export_check is None:
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+            _flags._is_onnx_exporting, GLOBALS.in_onnx_export  # noqa: B018 - both flags exist here
+            _export_check = lambda: _flags._is_onnx_exporting or GLOBALS.in_onnx_export  # noqa: E731
+        except (ImportError, AttributeError):  # pragma: no cover - other torch layouts: the public function
+            _export_check = torch.onnx.is_in_onnx_export
+    return bool(_export_check())
+
+
+def export_loop() -> str:
+    """How the chunked scan visits its chunks in the export under way: ``'scan'`` (one ONNX ``Scan`` node) under
+    the torch.export-based exporter, ``'python'`` (unrolled chunks) under the TorchScript-based one, which cannot
+    trace torch's scan operator."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:  # pragma: no cover - a torch without the torch.export-based exporter
+        return 'python'
+    return 'scan' if getattr(_flags, '_is_onnx_exporting', False) else 'python'
 
 
 _UNTRACED = None
@@ -232,6 +274,10 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
         return (y, last_state) if return_last_state else y
     batch, dim, length = u.shape
     out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
+    if name == 'chunked':
+        y, last_state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                               return_last_state=True)
+        return (y, last_state.detach()) if return_last_state else y  # as the other backends: no gradient
     if name == 'triton':
         from .triton import selective_scan_triton
         # (b, n, L) B and C go as they are (the kernels read them as one group): a view made here would be one
