@@ -12,6 +12,10 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3.11}
 TORCH_VERSION=2.13.0
 MMCV_VERSION=2.1.0
+# ONNX export (tools/deployment/export_onnx.py): torch's torch.export-based exporter needs onnxscript
+ONNX_VERSION=1.23.2
+ORT_VERSION=1.31.1
+ONNXSCRIPT_VERSION=0.7.2
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$repo/.venv
 step=""
@@ -96,6 +100,13 @@ step="install triton (CPU interpreter for the scan kernel tests)"
 if ! "$py" -c 'import triton' >/dev/null 2>&1; then
   say "installing triton"
   pip install "triton>=3.4" "torch==$TORCH_VERSION" || say "triton not installable here; its tests will be skipped"
+fi
+
+step="install onnx $ONNX_VERSION, onnxruntime $ORT_VERSION, onnxscript $ONNXSCRIPT_VERSION (ONNX export)"
+if ! have onnx $ONNX_VERSION || ! have onnxruntime $ORT_VERSION || ! have onnxscript $ONNXSCRIPT_VERSION; then
+  say "installing onnx $ONNX_VERSION, onnxruntime $ORT_VERSION, onnxscript $ONNXSCRIPT_VERSION"
+  pip install "onnx==$ONNX_VERSION" "onnxruntime==$ORT_VERSION" "onnxscript==$ONNXSCRIPT_VERSION" \
+    "torch==$TORCH_VERSION"
 fi
 
 step="install mmmambavision (editable)"
