@@ -16,7 +16,8 @@ exponentials of sums, so the chunked form computes the same function as
 
 The chunks are visited in order carrying the state (b, d, n) from one to the next; in eager mode that is a Python
 loop over L / T chunks, and during ONNX export, with ``loop='scan'``, one ``torch`` scan operator (an ONNX ``Scan``
-node whose body is one chunk), so the exported graph has the same size whatever L. Per chunk the work is
+node whose body is one chunk), so the exported graph has the same size whatever L. A sequence of one chunk needs
+no loop at all. Per chunk the work is
 O(b·d·n·T²), T times the sequential recurrence's, all of it in batched elementwise ops and one matmul.
 
 Padding a sequence to whole chunks appends steps with Δ = 0, u = 0, B = C = 0: their decay is exactly 1 and their
@@ -49,9 +50,12 @@ def _chunk_step(h: Tensor, dt: Tensor, x: Tensor, B: Tensor, C: Tensor, A: Tenso
                 causal: Tensor) -> Tuple[Tensor, Tensor]:
     """One chunk: states from the carried state ``h`` and the chunk's inputs; returns (h at the chunk's end, y).
 
-    Shapes: h (b, g, dg, n); dt, x = Δ·u (b, g, dg, T); B, C (b, g, 1, n, T); A (g, dg, n); causal (T, T) bool,
-    True where s ≤ t. Returns h' (b, g, dg, n) and y (b, g, dg, T) (without the D term).
+    Shapes: h (b, g, dg, n); dt, x = Δ·u (b, g, dg, T); B, C (b, g, n, T); A (g, dg, n); causal (T, T) bool,
+    True where s ≤ t. Returns h' (b, g, dg, n) and y (b, g, dg, T) (without the D term). Broadcasting only
+    against dims made here by ``unsqueeze``: inside torch's scan under torch.export the inputs' size-1 dims are
+    symbolic, and do not broadcast.
     """
+    B, C = B.unsqueeze(2), C.unsqueeze(2)  # (b, g, 1, n, T)
     exponent = A[..., None, None] * segment_sum(dt).unsqueeze(-3)  # (b, g, dg, n, T, T): A·Σ_{s<k≤t} Δ_k
     weights = torch.exp(exponent.masked_fill(~causal, float('-inf')))
     inputs = B * x.unsqueeze(-2)  # (b, g, dg, n, T): Δ_s·u_s·B_s
@@ -60,6 +64,23 @@ def _chunk_step(h: Tensor, dt: Tensor, x: Tensor, B: Tensor, C: Tensor, A: Tenso
     states = states + carry * h.unsqueeze(-1)
     y = (states * C).sum(-2)
     return states[..., -1], y
+
+
+def _scan_body(h: Tensor, dt: Tensor, x: Tensor, B: Tensor, C: Tensor, A: Tensor, causal: Tensor):
+    h_next, y = _chunk_step(h, dt, x, B, C, A, causal)
+    return h_next.clone(), y  # the carry must not be a view (scan's no-aliasing rule)
+
+
+def _scan_chunks(h0: Tensor, xs: Tuple[Tensor, ...], A: Tensor, causal: Tensor) -> Tuple[Tensor, Tensor]:
+    """The chunks through torch's scan operator: one ``scan`` node in a traced graph (an ONNX ``Scan``).
+
+    The operator itself, not ``torch._higher_order_ops.scan.scan``: that wrapper compiles the body with
+    torch.compile (dynamo, symbolic shapes: seconds per call), where calling the operator under torch.export
+    traces the body directly. Loop-invariant tensors go in as additional inputs, not as closures.
+    """
+    from torch._higher_order_ops.scan import scan_op
+    last, ys = scan_op(_scan_body, [h0], list(xs), (A, causal))
+    return last, ys
 
 
 def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
@@ -121,20 +142,17 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
 
     dt_k = chunked(dt.view(batch, groups, dg, length), (batch, groups, dg))
     x_k = chunked(x.view(batch, groups, dg, length), (batch, groups, dg))
-    B_k = chunked(B.to(compute), (batch, groups, dstate)).unsqueeze(3)  # (chunks, b, g, 1, n, T)
-    C_k = chunked(C.to(compute), (batch, groups, dstate)).unsqueeze(3)
+    B_k = chunked(B.to(compute), (batch, groups, dstate))  # (chunks, b, g, n, T)
+    C_k = chunked(C.to(compute), (batch, groups, dstate))
     A_g = A.to(compute).view(groups, dg, dstate)
     causal = torch.ones(steps, steps, dtype=torch.bool, device=u.device).tril()
     h0 = torch.zeros(batch, groups, dg, dstate, dtype=compute, device=u.device)
 
-    if loop == 'scan':
-        from torch._higher_order_ops.scan import scan
-
-        def body(h, xs):
-            h_next, y_chunk = _chunk_step(h, *xs, A_g, causal)
-            return h_next.clone(), y_chunk
-
-        last, ys = scan(body, h0, (dt_k, x_k, B_k, C_k))
+    if chunks == 1:  # nothing to carry: no loop in the graph either
+        last, y_chunk = _chunk_step(h0, dt_k[0], x_k[0], B_k[0], C_k[0], A_g, causal)
+        ys = y_chunk.unsqueeze(0)
+    elif loop == 'scan':
+        last, ys = _scan_chunks(h0, (dt_k, x_k, B_k, C_k), A_g, causal)
     else:
         h, outs = h0, []
         for index in range(chunks):

@@ -11,8 +11,8 @@ process and device type, the fastest backend that works here:
   (any device; never chosen automatically).
 
 Override with ``backend=`` or the environment variable ``MMMV_SCAN_BACKEND`` (``auto``, ``cuda``, ``triton``,
-``torch``, ``chunked``); the argument wins over the variable. While ``torch.onnx.export`` traces a model, every
-call runs the chunked form whatever the setting, so that the scan exports as plain ONNX ops.
+``torch``, ``chunked``); the argument wins over the variable. While ``torch.export`` or ``torch.onnx.export`` traces
+a model, every call runs the chunked form whatever the setting, so that the scan exports as plain tensor ops.
 """
 import importlib
 import logging
@@ -198,13 +198,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         return_last_state: also return the final state h_L, (batch, dim, d_state) fp32, which (as in
             mamba-ssm) carries no gradient.
         backend: None/'auto', 'cuda', 'triton', 'torch' or 'chunked'; overrides the ``MMMV_SCAN_BACKEND``
-            variable. During ONNX export the chunked form runs whatever this says.
+            variable. While torch.export or torch.onnx.export traces, the chunked form runs whatever this says.
 
     Returns:
         y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
-    if _in_onnx_export():  # first: torch.export's tracing also counts as compiling
+    if torch.compiler.is_exporting() or _in_onnx_export():  # first: exporting also counts as compiling
         _check_inputs(u, delta, A, B, C, D, z, delta_bias)
         _check_name(backend, 'selective_scan argument backend')
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
@@ -235,14 +235,10 @@ def _in_onnx_export() -> bool:
 
 
 def export_loop() -> str:
-    """How the chunked scan visits its chunks in the export under way: ``'scan'`` (one ONNX ``Scan`` node) under
-    the torch.export-based exporter, ``'python'`` (unrolled chunks) under the TorchScript-based one, which cannot
-    trace torch's scan operator."""
-    try:
-        from torch.onnx._internal.exporter import _flags
-    except ImportError:  # pragma: no cover - a torch without the torch.export-based exporter
-        return 'python'
-    return 'scan' if getattr(_flags, '_is_onnx_exporting', False) else 'python'
+    """How the chunked scan visits its chunks in the export under way: ``'scan'`` (torch's scan operator, one ONNX
+    ``Scan`` node) under torch.export, which the ONNX exporter of torch >= 2.9 uses; ``'python'`` (the chunks
+    unrolled) under the TorchScript-based ONNX exporter, which cannot trace that operator."""
+    return 'scan' if torch.compiler.is_exporting() else 'python'
 
 
 _UNTRACED = None
