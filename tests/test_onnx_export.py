@@ -158,6 +158,10 @@ def test_small_backbone_exports_as_plain_onnx_and_matches_in_onnxruntime(tmp_pat
     op_types = {node.op_type for node in graph.node}
     assert 'Scan' in op_types and not op_types & {'Loop', 'If'}
     assert {node.domain for node in graph.node} <= {'', 'ai.onnx'}
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    assert not any(t.data_type in half for t in graph.initializer)  # the layers' half-precision caches stay out
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in [*graph.input, *graph.output])
+    assert [v.name for v in graph.output] == ['out0', 'out1', 'out2', 'out3']
     ok, differences = tool.compare(tool.run_onnxruntime(path, image), want, ['out0', 'out1', 'out2', 'out3'],
                                    1e-4)
     assert ok and len(differences) == 4 and max(differences) < 1e-4, differences

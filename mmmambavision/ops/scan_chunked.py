@@ -102,8 +102,8 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return h_L, (batch, dim, d_state) in the compute dtype.
         chunk: steps per chunk, T (work per chunk grows as T², the number of chunks as L / T).
-        loop: how the chunks are visited: ``'python'`` (a loop over chunks) or ``'scan'``
-            (``torch._higher_order_ops.scan``, exported to ONNX as one ``Scan`` node).
+        loop: how the chunks are visited: ``'python'`` (a loop over chunks) or ``'scan'`` (torch's scan
+            operator: one node in a torch.export graph, an ONNX ``Scan`` node in the exported file).
 
     Returns:
         y (batch, dim, length), or ``(y, last_state)``.
