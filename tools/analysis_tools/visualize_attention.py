@@ -13,9 +13,10 @@ four stage outputs.
 * Attention panels: the attention weights of the query token - the stage's feature-map cell under the point - to
   every token of its window, averaged over the heads, for each attention block of the stage. Tokens are mapped
   back window -> feature map -> image: the window's place in the zero-padded map, the padding cropped (the share
-  of the weight that fell on padding tokens, the window's and the input's, is in the title), each token drawn as the stride x stride square of
-  input pixels it sits on (nearest upsampling), the model input's own padding cropped, then scaled to the original
-  image. Everything outside the query's window is left blank: the query attends to nothing there.
+  of the weight that fell on padding tokens, the window's and the input's, is in the title), each token drawn as
+  the stride x stride square of input pixels it sits on (nearest upsampling), the model input's own padding
+  cropped, then scaled to the original image. Everything outside the query's window is left blank: the query
+  attends to nothing there.
 * Energy panels: for each stage output (before its output LayerNorm, which would flatten it), the mean over
   channels of the squared activations at every position, min-max scaled to [0, 1] over the image.
 
@@ -39,9 +40,8 @@ import argparse
 import math
 import os
 import os.path as osp
-import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -505,7 +505,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     stage_blocks = [b for b in model.levels[args.stage - 1].blocks if type(b.mixer).__name__ == 'Attention']
     if not stage_blocks:
         parser.error(f'argument --stage: stage {args.stage} of this model has no attention block')
-    log(f'forward pass on {device.type}, {image.note} (stage {args.stage}: {len(stage_blocks)} attention blocks recorded)')
+    log(f'forward pass on {device.type}, {image.note} '
+        f'(stage {args.stage}: {len(stage_blocks)} attention blocks recorded)')
     result = run(model, image, args.stage, point)
     log('drawing')
     window_text = 'whole maps' if result['window_size'] is None else f'window {result["window_size"]}'
