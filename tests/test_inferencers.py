@@ -102,6 +102,7 @@ def _save_runner_style_checkpoint(model, path, dataset_meta):
 # ---------------------------------------------------------------------------------------------------- detection
 
 
+@pytest.mark.slow  # builds a whole detector / segmentor: over 10 s on 2 cores
 def test_det_demo_config_without_weights_on_an_odd_size_png(odd_png, photo, tmp_path):
     inferencer = _det_inferencer(DET_DEMO, cfg_options=ANY_SCORE)
     # no checkpoint: mmdet takes COCO's classes, the config's test data set gives the palette
@@ -114,6 +115,7 @@ def test_det_demo_config_without_weights_on_an_odd_size_png(odd_png, photo, tmp_
     assert osp.isfile(osp.join(out_dir, 'preds', 'odd_333x517.json'))
 
 
+@pytest.mark.slow  # builds a whole detector / segmentor: over 10 s on 2 cores
 def test_det_demo_config_with_a_runner_checkpoint(photo, tmp_path):
     from mmdet.datasets import CocoDataset
     from mmdet.registry import MODELS
@@ -238,6 +240,7 @@ def test_seg_images_of_different_sizes_in_one_batch_are_refused(odd_png, photo, 
     assert len(result['predictions']) == 2
 
 
+@pytest.mark.slow  # builds a whole detector / segmentor: over 10 s on 2 cores
 def test_seg_demo_config_with_a_runner_checkpoint(photo, tmp_path):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
