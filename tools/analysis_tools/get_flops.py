@@ -40,6 +40,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from mmmambavision.utils import window_side
+
 DEFAULT_SHAPES = {'arch': (224, 224), 'det': (1280, 800), 'seg': (512, 2048)}
 # mmdet 2's forward_dummy: box heads on 1000 RoIs, mask heads on the first 100.
 DUMMY_BOX_ROIS, DUMMY_MASK_ROIS = 1000, 100
@@ -303,16 +305,6 @@ def report(title: str, shape: Tuple[int, int], batch_shape: Sequence[int], resul
           f'{100 * result["scan"] / total:.2f}% |')
 
 
-def _window_side(text: str):
-    """argparse type of --window-size: an int, or 'none' (MambaVision checks the values)."""
-    if text.strip().lower() == 'none':
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an int or "none", got {text!r}')
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -326,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         'a detection config, 512 2048 for a segmentation config)')
     parser.add_argument('--out-indices', type=int, nargs='+', metavar='I',
                         help='--arch only: stages the backbone outputs (default 3: the classification trunk)')
-    parser.add_argument('--window-size', type=_window_side, nargs=4, metavar='W',
+    parser.add_argument('--window-size', type=window_side, nargs=4, metavar='W',
                         help='--arch only: window side per stage (default: the classification windows 8 8 14 7); '
                         '"none" for stage 3 / 4: the whole map, no padding')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',

@@ -45,6 +45,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmmambavision.utils import window_side
+
 ARCHS = ('tiny', 'tiny2', 'small', 'base', 'large', 'large2', 't', 't2', 's', 'b', 'l', 'l2')
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -411,16 +413,6 @@ def draw(result: Dict, image: Prepared, point: Tuple[float, float], title: str, 
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
-def _window_side(text: str):
-    """argparse type of --window-size: an int, or 'none' (MambaVision checks the values)."""
-    if text.strip().lower() == 'none':
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an int or "none", got {text!r}')
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -436,7 +428,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, argpa
                         help='the hybrid stage whose attention blocks to show, 3 or 4 as in the paper (default 3)')
     parser.add_argument('--point', type=float, nargs=2, metavar=('X', 'Y'),
                         help='the query point in pixels of the original image, x right, y down (default: centre)')
-    parser.add_argument('--window-size', type=_window_side, nargs=4, metavar='W',
+    parser.add_argument('--window-size', type=window_side, nargs=4, metavar='W',
                         help='window side per stage (default: the arch\'s classification windows 8 8 14 7, or the '
                         'config\'s); "none" for stage 3 / 4: the whole map')
     parser.add_argument('--scale', type=int, nargs='+', metavar='S',

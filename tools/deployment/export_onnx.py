@@ -31,6 +31,8 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
+from mmmambavision.utils import window_side
+
 REQUIREMENTS = ('onnx==1.23.2', 'onnxruntime==1.31.1', 'onnxscript==0.7.2')
 ARCHS = ('tiny', 'tiny2', 'small', 'base', 'large', 'large2', 't', 't2', 's', 'b', 'l', 'l2')
 DEFAULT_OPSET = 18  # the opset torch's ONNX function library is written in: no version conversion
@@ -41,19 +43,6 @@ MIN_SIDE, MAX_SIDE = 32, 4096
 
 def say(message: str) -> None:
     print(f'[export_onnx] {message}', flush=True)
-
-
-def _window_side(text: str):
-    """argparse type of --window-size: a positive int, or 'none' (stages 3 / 4: the whole map)."""
-    if text.strip().lower() == 'none':
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive int or "none", got {text!r}')
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive int or "none", got {text!r}')
-    return value
 
 
 def _opset(text: str) -> int:
@@ -88,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default: random weights)')
     parser.add_argument('--shape', type=int, nargs='+', required=True, metavar='SIZE',
                         help=f'input HEIGHT WIDTH (one value: a square), each {MIN_SIDE}..{MAX_SIDE}')
-    parser.add_argument('--window-size', type=_window_side, nargs=4, metavar='W',
+    parser.add_argument('--window-size', type=window_side, nargs=4, metavar='W',
                         help='window side per stage (default: the config\'s, or 8 8 14 7 for --arch); "none" for '
                         'stage 3 / 4: the whole map, no padding')
     parser.add_argument('--opset', type=_opset, default=DEFAULT_OPSET,
