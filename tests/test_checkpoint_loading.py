@@ -28,6 +28,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint as mmen
 from torch.utils.data import DataLoader, Dataset
 
 import mmmambavision  # noqa: F401  (installs the loader into mmengine, as a config's custom_imports does)
+from checkpoint_state import assert_same_state  # noqa: E402  (tests/, on pytest's pythonpath)
 from mmmambavision.checkpoint import (CheckpointUnpickler, UnsafeCheckpointError, allowed_globals,
                                       globals_in_checkpoint, load_checkpoint_file, restricted_pickle)
 
@@ -113,31 +114,6 @@ def toy_run(tmp_path_factory):
                 model_state={k: v.clone() for k, v in runner.model.state_dict().items()})
 
 
-def _assert_same(actual, expected, where='state'):
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype, where
-        assert torch.equal(actual, expected), where
-    elif isinstance(expected, np.ndarray):
-        assert isinstance(actual, np.ndarray) and actual.dtype == expected.dtype, where
-        np.testing.assert_array_equal(actual, expected, err_msg=where)
-    elif isinstance(expected, HistoryBuffer):
-        assert type(actual) is HistoryBuffer, where
-        assert actual.max_length == expected.max_length, where
-        _assert_same(actual._log_history, expected._log_history, where + '._log_history')
-        _assert_same(actual._count_history, expected._count_history, where + '._count_history')
-    elif isinstance(expected, dict):
-        assert type(actual) is type(expected), where
-        assert list(actual) == list(expected), where
-        for key in expected:
-            _assert_same(actual[key], expected[key], f'{where}[{key!r}]')
-    elif isinstance(expected, (list, tuple)):
-        assert type(actual) is type(expected) and len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            _assert_same(a, e, f'{where}[{i}]')
-    else:
-        assert type(actual) is type(expected) and actual == expected, f'{where}: {actual!r} != {expected!r}'
-
-
 def _copy_elsewhere(path, tmp_path, name='colleague.pth'):
     """A runner checkpoint in a folder no run has used: a colleague's or a downloaded file."""
     target = tmp_path / 'elsewhere' / name
@@ -160,17 +136,17 @@ def test_mmengine_loaders_read_a_runner_checkpoint_from_another_folder(toy_run, 
     path = _copy_elsewhere(osp.join(toy_run['work_dir'], 'epoch_2.pth'), tmp_path)
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     assert checkpoint['meta']['epoch'] == 2
-    _assert_same(checkpoint['message_hub'], toy_run['states'][2]['message_hub'], 'message_hub')
+    assert_same_state(checkpoint['message_hub'], toy_run['states'][2]['message_hub'], 'message_hub')
     model = _ToyModel()
     mmengine_load_checkpoint(model, path, map_location='cpu', strict=True)
-    _assert_same(dict(model.state_dict()), toy_run['model_state'], 'model')
+    assert_same_state(dict(model.state_dict()), toy_run['model_state'], 'model')
 
 
 def test_load_from_a_checkpoint_in_another_folder(toy_run, tmp_path):
     path = _copy_elsewhere(osp.join(toy_run['work_dir'], 'epoch_2.pth'), tmp_path)
     runner = _toy_runner(tmp_path / 'runs_b', load_from=path)
     runner.load_or_resume()
-    _assert_same(dict(runner.model.state_dict()), toy_run['model_state'], 'model')
+    assert_same_state(dict(runner.model.state_dict()), toy_run['model_state'], 'model')
     assert runner.epoch == 0  # load_from loads weights only
 
 
@@ -184,7 +160,7 @@ def test_resume_from_a_file_restores_message_hub_optimizer_and_schedulers(toy_ru
     runner.train()
     assert runner.epoch == epoch
     saved = toy_run['states'][epoch]
-    _assert_same(recorder.state, saved, 'resumed')
+    assert_same_state(recorder.state, saved, 'resumed')
     hub = runner.message_hub.log_scalars['train/loss']
     assert type(hub) is HistoryBuffer and hub.statistics('mean') == saved['message_hub']['log_scalars'][
         'train/loss'].mean()
@@ -198,7 +174,7 @@ def test_resume_without_a_file_takes_the_work_dirs_latest(toy_run, tmp_path):
     runner = _toy_runner(work_dir, resume=True, custom_hooks=[recorder])
     runner.train()
     assert runner.epoch == 2
-    _assert_same(recorder.state, toy_run['states'][2], 'resumed')
+    assert_same_state(recorder.state, toy_run['states'][2], 'resumed')
 
 
 def test_a_fresh_process_loads_through_mmengine_once_mmmambavision_is_imported(toy_run):
@@ -230,7 +206,7 @@ def test_published_imagenet_layout_with_namespace_loads(tmp_path):
                 'args': argparse.Namespace(model='mamba_vision_T', lr=0.005, betas=(0.9, 0.999))}, path)
     checkpoint = CheckpointLoader.load_checkpoint(str(path))
     assert checkpoint['args'] == argparse.Namespace(model='mamba_vision_T', lr=0.005, betas=(0.9, 0.999))
-    _assert_same(checkpoint['state_dict'], state)
+    assert_same_state(checkpoint['state_dict'], state)
 
 
 def test_mmdet_layout_with_message_hub_loads(tmp_path):
@@ -246,8 +222,8 @@ def test_mmdet_layout_with_message_hub_loads(tmp_path):
     path = tmp_path / 'cascade_mask_rcnn_mambavision_tiny_3x.pth'
     torch.save({'meta': meta, 'state_dict': state, 'message_hub': hub}, path)
     checkpoint = load_checkpoint_file(str(path), map_location='cpu')
-    _assert_same(checkpoint['meta'], meta, 'meta')
-    _assert_same(checkpoint['message_hub'], hub, 'message_hub')
+    assert_same_state(checkpoint['meta'], meta, 'meta')
+    assert_same_state(checkpoint['message_hub'], hub, 'message_hub')
     loaded = checkpoint['message_hub']['log_scalars']['train/loss']
     assert loaded.mean() == buffer.mean() and loaded.statistics('current') == 1.0
 
@@ -256,9 +232,9 @@ def test_legacy_and_plain_pickle_files_load(tmp_path):
     data = {'state_dict': {'w': torch.arange(3.)}, 'meta': {'epoch': 1}, 'hist': np.ones(2)}
     legacy = tmp_path / 'legacy.pth'
     torch.save(data, legacy, _use_new_zipfile_serialization=False)
-    _assert_same(load_checkpoint_file(str(legacy)), data)
+    assert_same_state(load_checkpoint_file(str(legacy)), data)
     raw = pickle.dumps({'meta': {'epoch': 1}, 'hist': np.ones(2), 'c': collections.Counter('aab')}, protocol=4)
-    _assert_same(restricted_pickle.loads(raw), {'meta': {'epoch': 1}, 'hist': np.ones(2),
+    assert_same_state(restricted_pickle.loads(raw), {'meta': {'epoch': 1}, 'hist': np.ones(2),
                                                 'c': collections.Counter('aab')})
 
 
@@ -534,7 +510,7 @@ def test_a_runner_checkpoint_over_http_loads_and_a_hostile_one_is_refused(toy_ru
     served, url = http_server
     shutil.copyfile(osp.join(toy_run['work_dir'], 'epoch_2.pth'), served / 'epoch_2.pth')
     checkpoint = CheckpointLoader.load_checkpoint(f'{url}/epoch_2.pth', map_location='cpu')
-    _assert_same(checkpoint['message_hub'], toy_run['states'][2]['message_hub'], 'message_hub')
+    assert_same_state(checkpoint['message_hub'], toy_run['states'][2]['message_hub'], 'message_hub')
     marker = tmp_path / 'marker'
     torch.save({'meta': _Reduce(os.system, f'touch {marker}')}, served / 'hostile.pth')
     with pytest.raises(UnsafeCheckpointError, match=r'(posix|os)\.system'):

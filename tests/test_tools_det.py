@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,6 +21,7 @@ pytest.importorskip('mmdet')
 from mmmambavision.testing.coco_demo import config_options, generate_coco_demo  # noqa: E402
 from mmmambavision.engine.entrypoints import test_main as run_test_tool  # noqa: E402
 from mmmambavision.engine.entrypoints import train_main as run_train_tool  # noqa: E402
+from checkpoint_state import assert_same_state  # noqa: E402  (tests/, on pytest's pythonpath)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'det', 'demo_cascade_mambavision_t_synthcoco.py')
@@ -137,28 +137,6 @@ def _copy_elsewhere(path, folder):
     return target
 
 
-def _assert_same(actual, expected, where='state'):
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if isinstance(expected, torch.Tensor):
-        assert torch.equal(actual, expected), where
-    elif isinstance(expected, np.ndarray):
-        np.testing.assert_array_equal(actual, expected, err_msg=where)
-    elif isinstance(expected, HistoryBuffer):
-        assert type(actual) is HistoryBuffer and actual.max_length == expected.max_length, where
-        _assert_same(actual._log_history, expected._log_history, where + '._log_history')
-        _assert_same(actual._count_history, expected._count_history, where + '._count_history')
-    elif isinstance(expected, dict):
-        assert type(actual) is type(expected) and list(actual) == list(expected), where
-        for key in expected:
-            _assert_same(actual[key], expected[key], f'{where}[{key!r}]')
-    elif isinstance(expected, (list, tuple)):
-        assert type(actual) is type(expected) and len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            _assert_same(a, e, f'{where}[{i}]')
-    else:
-        assert type(actual) is type(expected) and actual == expected, f'{where}: {actual!r} != {expected!r}'
-
-
 @pytest.mark.slow
 def test_resume_from_a_checkpoint_in_another_folder_restores_the_saved_state(run, tmp_path):
     """--resume FILE with a file no run of this work_dir wrote: message hub, optimiser and schedulers as saved.
@@ -170,18 +148,18 @@ def test_resume_from_a_checkpoint_in_another_folder_restores_the_saved_state(run
     runner = run_train_tool([run['config'], '--work-dir', str(tmp_path / 'other_run'), '--resume', elsewhere,
                              *run['options'], 'train_cfg.max_epochs=1'])
     assert runner.epoch == 1 and 'resumed epoch: 1, iter: ' in _log_text(str(tmp_path / 'other_run'))
-    _assert_same(runner.optim_wrapper.state_dict(), saved['optimizer'], 'optimizer')
-    _assert_same([s.state_dict() for s in runner.param_schedulers], saved['param_schedulers'], 'param_schedulers')
+    assert_same_state(runner.optim_wrapper.state_dict(), saved['optimizer'], 'optimizer')
+    assert_same_state([s.state_dict() for s in runner.param_schedulers], saved['param_schedulers'], 'param_schedulers')
     # the message hub: every saved scalar's history, and the resumed keys (runtime info the loop refreshes aside)
     hub = runner.message_hub.state_dict()
     for key, buffer in saved['message_hub']['log_scalars'].items():
-        _assert_same(hub['log_scalars'][key], buffer, f'log_scalars[{key!r}]')
+        assert_same_state(hub['log_scalars'][key], buffer, f'log_scalars[{key!r}]')
     assert set(saved['message_hub']['resumed_keys']) <= set(hub['resumed_keys'])
     assert saved['message_hub']['log_scalars']['train/loss'].mean() == runner.message_hub.get_scalar(
         'train/loss').mean()
     # the original run's optimiser and schedulers are those it saved (nothing changes them after the last save)
-    _assert_same(saved['optimizer'], run['runner'].optim_wrapper.state_dict(), 'original optimizer')
-    _assert_same(saved['param_schedulers'], [s.state_dict() for s in run['runner'].param_schedulers],
+    assert_same_state(saved['optimizer'], run['runner'].optim_wrapper.state_dict(), 'original optimizer')
+    assert_same_state(saved['param_schedulers'], [s.state_dict() for s in run['runner'].param_schedulers],
                  'original param_schedulers')
 
 
