@@ -17,3 +17,30 @@ def _fixed_random_state():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _forget_visualizers():
+    """mmengine keeps every visualizer in a process-wide registry by name, and mmdet's / mmseg's configs and
+    inferencers all name theirs 'visualizer': one left behind by a seg inferencer test would be handed to a later
+    det runner (DetVisualizationHook then calls SegLocalVisualizer.add_datasample). Each test forgets the
+    visualizers it created, as separate processes would."""
+    try:
+        from mmengine.visualization import Visualizer
+    except ImportError:  # pragma: no cover - mmengine is always installed here
+        yield
+        return
+
+    def classes():
+        found, todo = [], [Visualizer]
+        while todo:
+            cls = todo.pop()
+            found.append(cls)
+            todo.extend(cls.__subclasses__())
+        return found
+
+    before = {cls: set(cls._instance_dict) for cls in classes()}
+    yield
+    for cls in classes():
+        for name in [n for n in cls._instance_dict if n not in before.get(cls, ())]:
+            del cls._instance_dict[name]
