@@ -118,10 +118,14 @@ def num_blocks(sd, level):
     return max(idx) + 1
 
 
-def reference_forward(state_dict, x, num_heads, window_size, out_indices=(0, 1, 2, 3)):
-    """float64 MambaVision stage features with outnorm applied, from a published-layout state dict."""
-    sd = {k: v.detach().double() for k, v in state_dict.items()}
-    x = x.detach().double()
+def reference_forward(state_dict, x, num_heads, window_size, out_indices=(0, 1, 2, 3), differentiable=False):
+    """float64 MambaVision stage features with outnorm applied, from a published-layout state dict.
+
+    ``differentiable``: keep autograd's graph from ``x`` and the state dict's tensors (float64 leaves that require
+    grad) to the outputs, for gradient references."""
+    keep = (lambda t: t.double()) if differentiable else (lambda t: t.detach().double())
+    sd = {k: keep(v) for k, v in state_dict.items()}
+    x = keep(x)
     x = torch.relu(_bn(F.conv2d(x, sd['patch_embed.conv_down.0.weight'], stride=2, padding=1), sd,
                        'patch_embed.conv_down.1.', 1e-4))
     x = torch.relu(_bn(F.conv2d(x, sd['patch_embed.conv_down.3.weight'], stride=2, padding=1), sd,

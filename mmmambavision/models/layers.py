@@ -212,15 +212,37 @@ class Attention(nn.Module):
         self.record_queries: Optional[Sequence[int]] = None
         self.attn_weights: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: Optional['WindowCrop'] = None) -> torch.Tensor:
+        """``x``: (sequences, tokens, dim). ``queries``: only the tokens of this window rectangle ask (the keys and
+        values are every token's): the output is (sequences, queries.tokens, dim), the full output's rows of those
+        tokens."""
         batch, length, dim = x.shape
+        if queries is not None and not self.record_weights:
+            q = self._project(queries.select(x), 0, dim)
+            q = q.view(batch, queries.tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            kv = self._project(x, dim, 3 * dim).view(batch, length, 2, self.num_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+            x = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(x.transpose(1, 2).reshape(batch, queries.tokens, dim))
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.record_weights:
             x = self._attend_and_record(q, k, v)
         else:
             x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+        x = self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+        return x if queries is None else queries.select(x)
+
+    def _project(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output features ``start:stop`` of ``qkv(x)`` (its q part or its k, v part)."""
+        dtype = half_inference_dtype(x)
+        if dtype is None:
+            return F.linear(x, self.qkv.weight[start:stop], self.qkv.bias[start:stop])
+        weight_t, bias = _half_params(self.qkv, dtype, transpose=True)
+        with _no_autocast():
+            flat = x.to(dtype).reshape(-1, x.shape[-1])
+            out = torch.addmm(bias[start:stop], flat, weight_t[:, start:stop])
+        return out.view(*x.shape[:-1], stop - start)
 
     def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Explicit softmax attention, chunked over the queries; keeps the weights in ``attn_weights``."""
@@ -292,8 +314,17 @@ class HybridBlock(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mixer(self.norm1(x))
+    def forward(self, x: torch.Tensor, crop: Optional['WindowCrop'] = None) -> torch.Tensor:
+        """``x``: (sequences, tokens, dim). ``crop``: return only the tokens of this window rectangle, (sequences,
+        crop.tokens, dim); attention then computes only their queries and the MLP only their rows."""
+        if crop is None:
+            y = self.mixer(self.norm1(x))
+        elif isinstance(self.mixer, Attention):
+            y = self.mixer(self.norm1(x), queries=crop)
+        else:  # the scan needs every token
+            y = crop.select(self.mixer(self.norm1(x)))
+        if crop is not None:
+            x = crop.select(x)
         if self.gamma_1 is not None:
             y = y * self.gamma_1
         x = x + self.drop_path(y)
@@ -325,6 +356,21 @@ def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: 
     if channels_last:
         return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels).permute(0, 3, 1, 2)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
+
+
+class WindowCrop:
+    """The top-left ``height`` x ``width`` rectangle of every ``window`` x ``window`` window of a sequence batch
+    (windows flattened row-major into (sequences, window**2, channels))."""
+
+    def __init__(self, window: int, height: int, width: int):
+        self.window, self.height, self.width = window, height, width
+        self.tokens = height * width
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """(sequences, window**2, C) -> (sequences, height * width, C), row-major."""
+        sequences, _, channels = x.shape
+        x = x.view(sequences, self.window, self.window, channels)[:, :self.height, :self.width]
+        return x.reshape(sequences, self.tokens, channels)
 
 
 def pad_to_window(x: torch.Tensor, window_size: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ nvidia/MambaVision-*-1K) are CC-BY-NC-SA-4.0: non-commercial. Module paths match
 ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads them without conversion.
 """
 import copy
-from typing import Dict, Optional, Sequence, Tuple, Union
+import functools
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,8 +17,8 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, in_memory_format, pad_to_window,
-                     window_partition, window_reverse)
+from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop, in_memory_format,
+                     pad_to_window, window_partition, window_reverse)
 
 
 class MambaVisionLevel(nn.Module):
@@ -45,14 +46,43 @@ class MambaVisionLevel(nn.Module):
                 HybridBlock(dim, num_heads, use_attention=i >= first_attention, mlp_ratio=mlp_ratio,
                             drop_path=drop_path[i], layer_scale=layer_scale) for i in range(depth))
         self.downsample = Downsample(dim) if downsample else None
+        # the last block computes only the tokens the stage outputs (exact; off only to compare against)
+        self.crop_last_block = True
+        self.compile_options: Optional[dict] = None  # torch.compile keyword arguments for the hybrid blocks
+        self._compiled_blocks: Dict[int, Callable] = {}
 
-    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+    def _run_blocks(self, x: torch.Tensor, crop: Optional[WindowCrop] = None) -> torch.Tensor:
+        """Every block; with ``crop`` the last one returns only the cropped tokens."""
+        last = len(self.blocks) - 1 if crop is not None else len(self.blocks)
+        if last > 0:
+            x = self._blocks_until(x, last)
+        if crop is not None:
+            x = self._run_block(self.blocks[-1], x, crop)
         return x
+
+    def _blocks_until(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        if self.compile_options is not None and not self.conv:
+            return self._compiled(stop)(x)
+        return self._plain_blocks(x, stop)
+
+    def _plain_blocks(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        for block in self.blocks[:stop]:
+            x = self._run_block(block, x)
+        return x
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, crop: Optional[WindowCrop] = None) -> torch.Tensor:
+        args = (x, ) if crop is None else (x, crop)
+        if self.with_cp and x.requires_grad:
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _compiled(self, stop: int):
+        """``torch.compile`` of the first ``stop`` blocks (made on first use)."""
+        compiled = self._compiled_blocks.get(stop)
+        if compiled is None:
+            compiled = torch.compile(functools.partial(self._plain_blocks, stop=stop), **self.compile_options)
+            self._compiled_blocks[stop] = compiled
+        return compiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the stage output before the downsample."""
@@ -70,14 +100,36 @@ class MambaVisionLevel(nn.Module):
             return in_memory_format(x, channels_last)
         height, width = x.shape[-2:]
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        x = pad_to_window(x, self.window_size)
+        window = self.window_size
+        x = pad_to_window(x, window)
         padded_h, padded_w = x.shape[-2:]
-        x = window_partition(x, self.window_size)
-        x = self._run_blocks(x)
-        x = window_reverse(x, self.window_size, padded_h, padded_w, channels_last=channels_last)
-        if padded_h != height or padded_w != width:
-            x = x[:, :, :height, :width]
-        return in_memory_format(x, channels_last)
+        x = window_partition(x, window)
+        crop = self._crop(height, width, padded_h, padded_w)
+        if crop is None:
+            x = self._run_blocks(x)
+            x = window_reverse(x, window, padded_h, padded_w, channels_last=channels_last)
+            if padded_h != height or padded_w != width:
+                x = x[:, :, :height, :width]
+            return in_memory_format(x, channels_last)
+        # Only the image's tokens leave the stage, so the last block computes only theirs: its attention asks
+        # queries for them alone (every token still gives keys and values) and its MLP runs on their rows. The
+        # kept rectangle is the same in every window: the image part of a window along an axis with one window,
+        # the whole window along an axis with several (then the crop below cuts the padding).
+        x = self._run_blocks(x, crop)
+        rows, cols = padded_h // window, padded_w // window
+        batch, channels = x.shape[0] // (rows * cols), x.shape[-1]
+        x = x.view(batch, rows, cols, crop.height, crop.width, channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, rows * crop.height, cols * crop.width, channels)[:, :height, :width]
+        return in_memory_format(x.permute(0, 3, 1, 2), channels_last)
+
+    def _crop(self, height: int, width: int, padded_h: int, padded_w: int) -> Optional[WindowCrop]:
+        """The rectangle of each window that the stage output keeps, None when that is the whole window."""
+        window = self.window_size
+        keep_h = height if padded_h == window else window
+        keep_w = width if padded_w == window else window
+        if (keep_h, keep_w) == (window, window) or not self.crop_last_block:
+            return None
+        return WindowCrop(window, keep_h, keep_w)
 
 
 class LayerNorm2d(LayerNorm):
@@ -118,6 +170,12 @@ class MambaVision(BaseModule):
             and output norm).
         norm_eval: keep BatchNorm layers in eval mode during training.
         with_cp: gradient checkpointing per block.
+        compile: ``torch.compile`` the hybrid blocks of stages 3-4 (``True``, or a dict of ``torch.compile``
+            keyword arguments such as ``dict(mode='max-autotune-no-cudagraphs')``). Inductor then fuses their
+            LayerNorms, residuals, GELUs and layout copies; the selective scan is a custom op that it traces
+            through. Compilation costs seconds to minutes at the first forward and again for each new shape of
+            the window sequences (fixed at detection and segmentation scale, where the windows are). Outputs equal
+            the eager ones to float rounding. Off by default.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint='checkpoints/x.pth.tar')``.
     """
 
@@ -143,6 +201,7 @@ class MambaVision(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 compile: Union[bool, dict] = False,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
         arch = self._resolve_arch(arch)
@@ -160,6 +219,12 @@ class MambaVision(BaseModule):
                              f'stage 3 / 4 (the whole map as one window, no padding); got {window_size!r}')
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be an int in -1..4, got {frozen_stages!r}')
+        if isinstance(compile, bool):
+            compile_options = {} if compile else None
+        elif isinstance(compile, dict):
+            compile_options = dict(compile)
+        else:
+            raise TypeError(f'compile must be a bool or a dict of torch.compile keyword arguments, got {compile!r}')
         if drop_path_rate is None:
             drop_path_rate = arch.get('drop_path_rate', 0.)
         if not 0. <= drop_path_rate < 1.:
@@ -173,6 +238,7 @@ class MambaVision(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.compile = compile_options is not None
 
         dim, depths = arch['dim'], tuple(arch['depths'])
         self.num_features = tuple(dim * 2 ** i for i in range(4))
@@ -185,6 +251,7 @@ class MambaVision(BaseModule):
                 window_size=window_size[i], downsample=i < 3,
                 drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=arch.get('mlp_ratio', 4.),
                 layer_scale=arch.get('layer_scale'), layer_scale_conv=arch.get('layer_scale_conv'), with_cp=with_cp)
+            level.compile_options = compile_options
             self.levels.append(level)
         for i in out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))
@@ -265,13 +332,16 @@ class MambaVision(BaseModule):
             raise ValueError(f'MambaVision expects input x of shape (N, C, H, W), got {tuple(x.shape)}')
         if x.shape[1] != self.in_channels:
             raise ValueError(f'input x has {x.shape[1]} channels but in_channels={self.in_channels}')
-        x = self.patch_embed(x)
+        # The stages run channels_last whatever the input's layout (cuDNN's convolutions and BatchNorm take NHWC
+        # natively, and a window is then a view of the map); the outputs come back in the input's layout.
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        x = self.patch_embed(in_memory_format(x, True))
         outs = []
         last = max(self.out_indices)
         for i, level in enumerate(self.levels):
             x = level(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(x))
+                outs.append(in_memory_format(getattr(self, f'outnorm{i}')(x), channels_last))
             if i == last:
                 break
             x = level.downsample(x)

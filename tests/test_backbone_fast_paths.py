@@ -1,0 +1,143 @@
+"""The backbone's fast paths against the float64 reference and the plain path: the last block of a padded window
+stage computing only the image's tokens, the stages running channels_last, and compiled hybrid blocks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmmambavision import MambaVision
+from float64_reference import reference_forward
+from test_backbone import SMALL_ARCH, randomize_
+
+
+def _outputs_and_grads(model, x, weights):
+    x = x.detach().clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    outs = model(x)
+    sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return [o.detach() for o in outs], grads, x.grad.clone()
+
+
+@pytest.mark.parametrize('window,size', [
+    ((8, 8, 16, 8), (40, 30)),   # one window per image, padded on both axes: queries cropped to 3 x 2 (stage 3)
+    ((8, 8, 3, 2), (61, 93)),    # several windows per image: the crop keeps whole windows along both axes
+    ((8, 8, 4, 16), (27, 100)),  # stage 3: 2 x 7 windows; stage 4: one window across, cropped in height
+])
+def test_gradients_match_the_float64_reference(window, size):
+    """Outputs and every gradient (parameters and input) of the train-mode backbone in float64 against autograd
+    through the independent float64 reference; the last blocks' query crop is on (the default)."""
+    model = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.), seed=3).double().eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, *size, generator=gen, dtype=torch.float64)
+    shapes = [o.shape for o in model(x)]
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    ours, grads, grad_x = _outputs_and_grads(model, x, weights)
+
+    state = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in model.state_dict().items()}
+    x_ref = x.clone().requires_grad_(True)
+    ref = reference_forward(state, x_ref, model.arch['num_heads'], model.window_size, differentiable=True)
+    sum((o * w).sum() for o, w in zip(ref, weights)).backward()
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        _close(a, b.detach(), f'stage {i} output')
+    _close(grad_x, x_ref.grad, 'input gradient')
+    checked = 0
+    for name, grad in grads.items():
+        ref_grad = state[name].grad
+        assert ref_grad is not None, f'{name}: the reference gives no gradient'
+        _close(grad, ref_grad, name)
+        checked += 1
+    assert checked == len(list(model.parameters()))
+
+
+def _close(a, b, what, tol=1e-4):
+    """Relative to ``b``'s scale (the scan computes in fp32 whatever its inputs: float64 models agree to ~1e-6)."""
+    rel = (a - b).norm() / b.norm()
+    worst = (a - b).abs().max() / b.abs().max()
+    assert rel < tol and worst < tol, f'{what}: relative error {rel:.2e}, max {worst:.2e}'
+
+
+def _attention_queries(model, x, monkeypatch):
+    """The query lengths of every attention call in a forward."""
+    lengths = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        lengths.append((q.shape[-2], k.shape[-2]))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    with torch.no_grad():
+        outs = model(x)
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', sdpa)
+    return lengths, outs
+
+
+def test_last_block_asks_queries_only_for_image_tokens(monkeypatch):
+    # 40 x 30 input: stage 3 is 3 x 2 in a 16 x 16 window (256 tokens), stage 4 is 2 x 1 in an 8 x 8 window.
+    model = randomize_(MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8))).eval()
+    x = torch.randn(2, 3, 40, 30)
+    lengths, outs = _attention_queries(model, x, monkeypatch)
+    # SMALL_ARCH: stages 3 and 4 have depths 3 and 2; the last block of each attends
+    assert lengths == [(6, 256), (2, 64)]
+    for level in model.levels:
+        level.crop_last_block = False
+    full_lengths, full = _attention_queries(model, x, monkeypatch)
+    assert full_lengths == [(256, 256), (64, 64)]
+    for a, b in zip(outs, full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_outputs_keep_the_input_layout(channels_last):
+    model = MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8)).eval()
+    x = torch.randn(1, 3, 40, 30)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        outs = model(x.contiguous(memory_format=fmt))
+        other = model(x.contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last))
+    for out, out_other in zip(outs, other):
+        assert out.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(out, out_other, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_argument_is_checked():
+    with pytest.raises(TypeError, match='compile must be a bool or a dict'):
+        MambaVision(SMALL_ARCH, compile='yes')
+
+
+@pytest.mark.parametrize('window,size', [
+    ((8, 8, 16, 8), (40, 30)),
+    pytest.param((8, 8, None, None), (40, 30), marks=pytest.mark.slow),  # ~30 s a compile on 2 cores
+])
+def test_compiled_blocks_match_eager(window, size):
+    """``compile=`` (aot_eager here: the traced graph run by eager kernels; inductor is in the slow tier) gives the
+    eager outputs and gradients in float64."""
+    torch._dynamo.reset()
+    eager = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.)).double().train()
+    compiled = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.,
+                                      compile=dict(backend='aot_eager'))).double().train()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in eager(x)]
+    out_e, grads_e, gx_e = _outputs_and_grads(eager, x, weights)
+    out_c, grads_c, gx_c = _outputs_and_grads(compiled, x, weights)
+    assert all(level._compiled_blocks for level in compiled.levels[2:])
+    for a, b in zip(out_c, out_e):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-9, atol=1e-12)
+    assert grads_c.keys() == grads_e.keys()
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-9, atol=1e-12, msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.slow
+def test_inductor_compiled_blocks_match_the_float64_reference():
+    torch._dynamo.reset()
+    model = randomize_(MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8), compile=True), seed=6).eval()
+    x = torch.randn(1, 3, 40, 30, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours = model(x)
+    ref = reference_forward(model.state_dict(), x.double(), model.arch['num_heads'], model.window_size)
+    for a, b in zip(ours, ref):
+        rel = (a.double() - b).norm() / b.norm()
+        assert rel < 1e-4, f'relative error {rel:.2e}'
