@@ -199,13 +199,14 @@ def exact_fp32():
 
 
 def max_relative_difference(ours: nn.Module, official: nn.Module, x: torch.Tensor) -> List[float]:
-    """Per output of the two backbones on ``x`` (eval, fp32, no TF32, no autograd): max |ours - official| over
-    max |official|. Both modules are left in eval mode."""
+    """Per output of the two backbones on ``x`` (eval, no autocast, no TF32, no autograd; in the dtype of ``x`` and
+    the modules, fp32 for the benchmark's check): max |ours - official| over max |official|. Both modules are left
+    in eval mode."""
     ours.eval()
     official.eval()
     with torch.no_grad(), exact_fp32():
-        a = ours(x.float())
-        b = official(x.float())
+        a = ours(x)
+        b = official(x)
     if len(a) != len(b):
         raise ValueError(f'the two backbones give {len(a)} and {len(b)} outputs')
     diffs = []

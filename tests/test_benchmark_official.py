@@ -1,0 +1,211 @@
+"""tools/analysis_tools/benchmark_official.py (NVIDIA's MambaVision beside ours) and official.py (NVIDIA's classifier
+as a backbone, weight copy, equality check): the CLI on CPU (our rows, the skip note of NVIDIA's), argument errors,
+the rows timed in turns, the ratios; OfficialBackbone against ours through a stand-in for NVIDIA's package built from
+our own modules; against the real package where it is installed."""
+import csv
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip('mmdet')
+
+import benchmark_official  # noqa: E402  (tools/analysis_tools, on pytest's pythonpath)
+import official  # noqa: E402
+from analysis_tools_cli import run_tool  # noqa: E402
+from mmmambavision import MambaVision  # noqa: E402
+from mmmambavision.models.mambavision import MambaVisionLevel  # noqa: E402
+
+
+def test_cli_on_cpu_prints_our_rows_and_skips_nvidia(tmp_path):
+    out = tmp_path / 'rows.csv'
+    result = run_tool('tools/analysis_tools/benchmark_official.py', '--parts', 'cls', 'backbone', '--img-size', '64',
+                      '--size', '64', '96', '--window', '8', '8', '4', '2', '--rounds', '2', '--out', str(out),
+                      timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert 'NVIDIA model: skipped (' in result.stdout
+    assert any(line.startswith('| NVIDIA MambaVision-T | - | NVIDIA model: skipped (') for line in lines)
+    for part in ('cls', 'backbone'):
+        start = lines.index(part)
+        assert lines[start + 1].startswith('| model | scan | ')
+    ours = [line for line in lines if line.startswith('| MambaVision-T') and 'skipped' not in line]
+    assert len(ours) == 2  # one per part, each with a number
+    for line in ours:
+        float(line.split('|')[3])
+    assert any(line.startswith('| Swin-T (mmdet, window 7) |') and 'skipped' not in line for line in lines)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {row['part'] for row in rows} == {'cls', 'backbone'}
+    timed = [row for row in rows if row['model'] == 'MambaVision-T']
+    assert timed and timed[0]['timed_steps'] == '2' and timed[0]['window_size'] == '8,8,4,2'
+    assert rows[0]['command'].startswith('python tools/analysis_tools/benchmark_official.py --parts cls backbone')
+    assert rows[0]['gpu'] == 'cpu' and rows[0]['torch'] == torch.__version__ and rows[0]['commit']
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--parts', 'det', 'nope'], ['argument --parts', "'nope'", 'cls', 'backbone', 'det', 'seg']),
+    (['--archs', 'huge'], ['argument --archs', "'huge'", 'tiny', 'small', 'base']),
+    (['--ours-kwargs', '[1]'], ['argument --ours-kwargs', 'JSON object']),
+    (['--ours-kwargs', '{compile: 1}'], ['argument --ours-kwargs', 'JSON object']),
+    (['--out', 'rows.txt'], ['argument --out', '.json or .csv']),
+    (['--window', 'none', '8', '8', '8'], ['argument --window', 'W1 and W2']),
+    (['--window', '8', '8', '0', '8'], ['argument --window', 'positive int']),
+    (['--size', '16', '64'], ['argument --size', 'at least 32']),
+    (['--runs', '0'], ['argument --runs', 'positive']),
+])
+def test_argument_errors_name_the_argument_and_allowed_values(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_official.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_arguments_pass_kwargs_through_and_resolve_aliases():
+    args, _ = benchmark_official.parse_args(['--archs', 't', 'B', '--ours-kwargs', '{"compile": true}',
+                                             '--ours-kwargs', '{"with_cp": true, "x": [1]}', '--window', '8', '8',
+                                             'none', 'none'])
+    assert args.archs == ['tiny', 'base'] and args.window == [8, 8, None, None]
+    assert args.ours_kwargs == [{'compile': True}, {'with_cp': True, 'x': [1]}]
+    assert benchmark_official.kwargs_label(args.ours_kwargs[1]) == 'with_cp=true, x=[1]'
+
+
+def test_rows_are_timed_in_turns_and_a_failing_row_keeps_the_table():
+    calls = []
+
+    def timer(name, fail=False):
+        def run(runs):
+            calls.append(name)
+            if fail and len(calls) > 3:
+                raise RuntimeError('capture failed\nsecond line')
+            return [0.01 * (ord(name) - 96)] * runs, 0
+        return run
+
+    rows = [benchmark_official.Row('backbone', name, side, 'tiny', timer=timer(name, fail=name == 'c'))
+            for name, side in (('a', 'official'), ('b', 'ours'), ('c', 'ours'))]
+    rows.append(benchmark_official.Row('backbone', 'd', 'ours', 'tiny', skip='not built'))
+    benchmark_official.time_in_turns(rows, runs=2, rounds=3)
+    assert calls == ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b']  # c fails in round 2 and is left out after
+    assert len(rows[0].times) == 6 and len(rows[1].times) == 6 and len(rows[2].times) == 2
+    assert rows[2].skip == 'failed while timed: RuntimeError: capture failed'
+    lines = benchmark_official.table('backbone', rows, ['n'])
+    assert lines[2] == '| a | - | 10 | - | 1.00x |'
+    assert lines[3] == '| b | - | 20 | - | 0.50x |'  # NVIDIA's 10 ms over ours' 20 ms
+    assert lines[4].startswith('| c | - | skipped (failed while timed')
+    assert lines[6] == 'note: n'
+
+
+def test_ratio_is_per_arch_and_mode_and_absent_without_nvidia():
+    Row = benchmark_official.Row
+    rows = [Row('cls', 'NVIDIA T', 'official', 'tiny', items=128, times=[0.02]),
+            Row('cls', 'NVIDIA T, CUDA graph', 'official', 'tiny', items=128, times=[0.01]),
+            Row('cls', 'T', 'ours', 'tiny', items=128, times=[0.01]),
+            Row('cls', 'T, CUDA graph', 'ours', 'tiny', items=128, times=[0.008]),
+            Row('cls', 'S', 'ours', 'small', items=128, times=[0.01]),
+            Row('det', 'T', 'ours', 'tiny', times=[0.3], skipped_steps=2)]
+    ratios = [benchmark_official.speed_ratio(row, rows) for row in rows]
+    assert ratios[2] == pytest.approx(2.0) and ratios[3] == pytest.approx(1.25)
+    assert ratios[4] is None and ratios[0] is None and ratios[5] is None
+    assert benchmark_official.value_of(rows[2]) == pytest.approx(12800)
+    assert benchmark_official.table('det', rows[5:], [])[2].endswith('| n/c (2 optimiser steps skipped) |')
+
+
+def test_scan_backend_is_set_per_row_and_restored(monkeypatch):
+    monkeypatch.setenv('MMMV_SCAN_BACKEND', 'torch')
+    with benchmark_official.scan_backend('triton'):
+        assert benchmark_official.os.environ['MMMV_SCAN_BACKEND'] == 'triton'
+    assert benchmark_official.os.environ['MMMV_SCAN_BACKEND'] == 'torch'
+    monkeypatch.delenv('MMMV_SCAN_BACKEND')
+    with pytest.raises(KeyError):
+        with benchmark_official.scan_backend('chunked'):
+            raise KeyError('x')
+    assert 'MMMV_SCAN_BACKEND' not in benchmark_official.os.environ
+
+
+class _NvidiaStyleLevel(MambaVisionLevel):
+    """A level with NVIDIA's interface: it applies its own downsample when it has one."""
+
+    def forward(self, x):
+        x = super().forward(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """A module with NVIDIA's builders' interface (``mamba_vision_T(pretrained=False, window_size=[...])`` -> a
+    classifier with patch_embed, levels, norm, head), built from our modules, installed as the official package."""
+    def builder(arch):
+        def build(pretrained=False, window_size=(8, 8, 14, 7), drop_path_rate=None):
+            assert pretrained is False and isinstance(window_size, list)
+            model = MambaVision(arch, window_size=tuple(window_size), out_indices=(3, ))
+            del model.outnorm3
+            for level in model.levels:
+                level.__class__ = _NvidiaStyleLevel
+            width = model.num_features[3]
+            model.norm, model.head = nn.BatchNorm2d(width), nn.Linear(width, 10)
+            return model
+        return build
+
+    module = types.ModuleType('nvidia_stand_in')
+    for ours, theirs in official.OFFICIAL_BUILDERS.items():
+        setattr(module, theirs, builder(ours))
+    monkeypatch.setitem(sys.modules, 'nvidia_stand_in', module)
+    monkeypatch.setattr(official, 'OFFICIAL_MODULE', 'nvidia_stand_in')
+
+
+@pytest.mark.parametrize('window, shape', [((8, 8, 14, 7), (64, 96)), ((8, 8, 5, 3), (96, 160))])
+def test_official_backbone_equals_ours_with_copied_weights(stand_in, window, shape):
+    torch.manual_seed(0)
+    ours = MambaVision('t', window_size=window).double()
+    ours.init_weights()
+    official.randomise_norms(ours)
+    theirs = official.OfficialBackbone('t', window_size=window).double()
+    x = torch.randn(2, 3, *shape, dtype=torch.float64)
+    before = official.max_relative_difference(ours, theirs, x)
+    assert min(before[2:]) > 1e-2  # different random weights: the check sees it
+    copied = official.copy_weights(ours, theirs)
+    assert len(copied) == len(theirs.state_dict()) == len(ours.state_dict())
+    diffs = official.max_relative_difference(ours, theirs, x)
+    assert len(diffs) == 4 and max(diffs) < 1e-12, diffs
+    # the levels keep their downsample (the state dict's names) after each call
+    assert all(level.downsample is not None for level in theirs.levels[:3]) and theirs.levels[3].downsample is None
+
+
+def test_copy_weights_from_nvidias_classifier_and_its_errors(stand_in):
+    classifier = official.build_official('small', (8, 8, 4, 2))
+    ours = MambaVision('s', window_size=(8, 8, 4, 2))
+    copied = official.copy_weights(classifier, ours)  # norm.* and head.* of the classifier, outnorm* of ours: left
+    assert not any(key.startswith(('norm.', 'head.', 'outnorm')) for key in copied)
+    assert torch.equal(ours.levels[2].blocks[0].mixer.A_log, classifier.levels[2].blocks[0].mixer.A_log)
+    with pytest.raises(ValueError, match=r'levels\.2\.blocks\.8\.'):  # T2 has 11 stage-3 blocks, T 8
+        official.copy_weights(MambaVision('t'), MambaVision('t2'))
+    with pytest.raises(ValueError, match='allowed: .*tiny'):
+        official.OfficialBackbone('huge')
+    with pytest.raises(ValueError, match='no whole-map windows'):
+        official.OfficialBackbone('t', window_size=(8, 8, None, None))
+
+
+def test_registered_for_configs_and_equality_check(stand_in):
+    from mmengine.registry import MODELS
+    official.register_official()
+    official.register_official()  # a second call does nothing
+    backbone = MODELS.build(dict(type='OfficialMambaVision', arch='tiny', window_size=(8, 8, 4, 2),
+                                 out_indices=(1, 3)))
+    outs = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 160, 8, 8), (1, 640, 2, 2)]
+    result = official.equality_check('t', (8, 8, 4, 2), (64, 96), torch.device('cpu'))
+    assert result['max'] < 1e-5 and len(result['diffs']) == 4
+    ok, why = official.official_available()
+    assert not ok and why
+
+
+def test_real_nvidia_package_matches_ours():
+    """Needs NVIDIA's package (with timm, einops and a selective_scan_fn); skipped where it is not installed."""
+    pytest.importorskip('mambavision.models.mamba_vision')
+    for window, shape in (((8, 8, 14, 7), (224, 224)), ((8, 8, 5, 3), (96, 160))):
+        result = official.equality_check('t', window, shape, torch.device('cpu'))
+        assert result['max'] < 1e-5, result
