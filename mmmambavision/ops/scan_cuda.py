@@ -69,19 +69,31 @@ class CudaSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last_state: Optional[Tensor]):
-        import selective_scan_cuda
         u, delta, A, B, C, D, z, delta_bias, x, out = ctx.saved_tensors
-        grad_y = _contiguous_last(grad_y.to(u.dtype))
-        results = selective_scan_cuda.bwd(u, delta, A, B, C, D, z, delta_bias, grad_y, x, out, None,
-                                          ctx.delta_softplus, False)
-        du, ddelta, dA, dB, dC, dD, ddelta_bias = results[:7]
-        dz = results[7] if z is not None else None
-        if ctx.squeeze[0]:
-            dB = dB.squeeze(1)
-        if ctx.squeeze[1]:
-            dC = dC.squeeze(1)
+        du, ddelta, dA, dB, dC, dD, ddelta_bias, dz = cuda_backward(
+            (u, delta, A, B, C, D, z, delta_bias), ctx.squeeze, x, out, grad_y, ctx.delta_softplus)
         return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz,
                 ddelta_bias if delta_bias is not None else None, None)
+
+
+def cuda_backward(prepared: Tuple, squeeze: Tuple[bool, bool], x: Tensor, out: Optional[Tensor], grad_y: Tensor,
+                  delta_softplus: bool) -> Tuple:
+    """The extension's backward on the forward's prepared arguments (``_prepare``), its chunk states ``x`` and
+    (with z) its ungated output ``out``. Returns du, ddelta, dA, dB, dC, dD, ddelta_bias, dz (dz None without z;
+    dD and ddelta_bias only meaningful where D and delta_bias were given), dB and dC in the shapes B and C had
+    before ``_prepare`` gave them a group axis."""
+    import selective_scan_cuda
+    u, delta, A, B, C, D, z, delta_bias = prepared
+    grad_y = _contiguous_last(grad_y.to(u.dtype))
+    results = selective_scan_cuda.bwd(u, delta, A, B, C, D, z, delta_bias, grad_y, x, out, None,
+                                      delta_softplus, False)
+    du, ddelta, dA, dB, dC, dD, ddelta_bias = results[:7]
+    dz = results[7] if z is not None else None
+    if squeeze[0]:
+        dB = dB.squeeze(1)
+    if squeeze[1]:
+        dC = dC.squeeze(1)
+    return du, ddelta, dA, dB, dC, dD, ddelta_bias, dz
 
 
 def selective_scan_cuda_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],

@@ -84,17 +84,17 @@ def _fp32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
-def _forward(kernels, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-             delta_bias: Optional[Tensor], delta_softplus: bool, out_dtype: torch.dtype, store_ckpt: bool):
-    """Launches the forward kernel. Returns the inputs as the kernels read them (what the backward needs; B and C
-    grouped), y, h_L, the per-chunk checkpoints (None without ``store_ckpt``: only the backward reads them) and the
-    launch plan. B and C come grouped (b, g, n, L) or ungrouped (b, n, L), read as one group."""
-    batch, dim, length = u.shape
+def kernel_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  delta_bias: Optional[Tensor]) -> Tuple:
+    """The inputs as the kernels read them: B and C grouped (b, g, n, L), every operand in a layout the kernels
+    address (views into wider tensors kept as they are where they can be, see ``_rows`` and ``_blocks``), A, D and
+    delta_bias fp32. The same inputs give the same tensors: a backward can make them again from the originals."""
+    dim = u.shape[1]
     if B.dim() == 3:  # a view made here, inside the autograd Function: no view node in the graph
         B = B.unsqueeze(1)
     if C.dim() == 3:
         C = C.unsqueeze(1)
-    groups, dstate = B.shape[1], A.shape[1]
+    groups = B.shape[1]
     if dim % groups or C.shape[1] != groups:
         raise ValueError(f'B and C must have the same number of groups, dividing the channels ({dim}); got '
                          f'{groups} and {C.shape[1]}')
@@ -102,6 +102,17 @@ def _forward(kernels, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     A = _fp32(A)
     D = _fp32(D) if D is not None else None
     delta_bias = _fp32(delta_bias) if delta_bias is not None else None
+    return u, delta, A, B, C, D, delta_bias
+
+
+def _forward(kernels, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             delta_bias: Optional[Tensor], delta_softplus: bool, out_dtype: torch.dtype, store_ckpt: bool):
+    """Launches the forward kernel. Returns the inputs as the kernels read them (what the backward needs; B and C
+    grouped), y, h_L, the per-chunk checkpoints (None without ``store_ckpt``: only the backward reads them) and the
+    launch plan. B and C come grouped (b, g, n, L) or ungrouped (b, n, L), read as one group."""
+    u, delta, A, B, C, D, delta_bias = kernel_inputs(u, delta, A, B, C, D, delta_bias)
+    batch, dim, length = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
     cpg = dim // groups
     plan = _plan(batch, dim, cpg, length, dstate)
     config, kernel_args, grid, n_chunks, _, n_ckpt = plan
@@ -141,65 +152,74 @@ class TritonSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last_state: Optional[Tensor]):
-        u, delta, A, B, C, D, delta_bias, ckpt = ctx.saved_tensors
-        batch, dim, length = u.shape
-        groups, dstate = B.shape[1], A.shape[1]
-        cpg = dim // groups
-        config, _, grid, _, kernel_args, n_chunks = ctx.plan
-        grad_y = _rows(grad_y)
-        # torch.empty, not empty_like: u and delta may be views with gaps, the kernels write contiguous rows
-        du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
-        ddelta = torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
-        # dB and dC, then dA, dD and dbias (accumulated atomically: zeroed) in one allocation where they can be:
-        # every tensor op costs host time, as much as a small kernel launch
-        bc, numel, small_size = config.bc, B.numel(), dim * (dstate + 2)
-        if bc == 'atomic':  # fp32 sums, cast to the input dtype at the end
-            both = -(-2 * numel // 4) * 4  # 16-byte aligned start for dA
-            flat = torch.zeros(both + small_size, dtype=torch.float32, device=u.device)
-            dBC, small = flat[:2 * numel].view((2,) + B.shape), flat[both:]
+        return run_backward(ctx.kernels, ctx.plan, ctx.saved_tensors, grad_y, ctx.delta_softplus, ctx.bc_shapes,
+                            ctx.needs_input_grad) + (None, None)
+
+
+def run_backward(kernels, plan, saved: Tuple, grad_y: Tensor, delta_softplus: bool, bc_shapes: Tuple,
+                 need: Tuple[bool, ...]) -> Tuple:
+    """The backward kernels. ``saved``: the forward's inputs as the kernels read them (``kernel_inputs``) and its
+    checkpoints; ``plan``: the forward's launch plan; ``bc_shapes``: the shapes of B and C as the forward got them
+    (dB and dC come back in them); ``need``: which of u, delta, A, B, C, D, delta_bias need a gradient. Returns
+    those seven gradients (None where not needed or where D / delta_bias were not given)."""
+    u, delta, A, B, C, D, delta_bias, ckpt = saved
+    batch, dim, length = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    cpg = dim // groups
+    config, _, grid, _, kernel_args, n_chunks = plan
+    grad_y = _rows(grad_y)
+    # torch.empty, not empty_like: u and delta may be views with gaps, the kernels write contiguous rows
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    ddelta = torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
+    # dB and dC, then dA, dD and dbias (accumulated atomically: zeroed) in one allocation where they can be:
+    # every tensor op costs host time, as much as a small kernel launch
+    bc, numel, small_size = config.bc, B.numel(), dim * (dstate + 2)
+    if bc == 'atomic':  # fp32 sums, cast to the input dtype at the end
+        both = -(-2 * numel // 4) * 4  # 16-byte aligned start for dA
+        flat = torch.zeros(both + small_size, dtype=torch.float32, device=u.device)
+        dBC, small = flat[:2 * numel].view((2,) + B.shape), flat[both:]
+    else:
+        small = torch.zeros(small_size, dtype=torch.float32, device=u.device)
+        if bc == 'store':  # written once each, in the input dtype
+            dBC = torch.empty((2,) + B.shape, dtype=B.dtype, device=u.device)
         else:
-            small = torch.zeros(small_size, dtype=torch.float32, device=u.device)
-            if bc == 'store':  # written once each, in the input dtype
-                dBC = torch.empty((2,) + B.shape, dtype=B.dtype, device=u.device)
-            else:
-                dBC = torch.empty((2, batch, dim // config.BLOCK_D, dstate, length), dtype=torch.float32,
-                                  device=u.device)
-        dB, dC = dBC[0], dBC[1]
-        dA = small[:dim * dstate].view(dim, dstate)
-        dD = small[dim * dstate:dim * (dstate + 1)]
-        dbias = small[dim * (dstate + 1):]
-        bias = delta_bias if delta_bias is not None else A
-        carry = span = A
-        if kernel_args['SPLIT']:  # chunk-parallel: first each chunk's own adjoint carry and decay
-            grid = grid + (n_chunks,)
-            carry = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
-            span = torch.empty((batch, dim, n_chunks), dtype=torch.float32, device=u.device)
-            launcher(ctx.kernels.state_carry_kernel, grid,
-                     (delta, A, C, bias, grad_y, carry, span, dim, length, cpg, n_chunks, dstate, delta.stride(0),
-                      grad_y.stride(0), C.stride(0), C.stride(1)),
-                     dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                          **kernel_launch_args(config, 'carry', length)))
-        launcher(ctx.kernels.state_bwd_kernel, grid,
-                 (u, delta, A, B, C, D if D is not None else A, bias, grad_y, ckpt, du, ddelta, dA, dB, dC, dD,
-                  dbias, carry, span, dim, length, cpg, n_chunks, dstate, u.stride(0), delta.stride(0),
-                  grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1)),
-                 dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                      BC_MODE=BC_MODES[bc], **kernel_args))
-        need = ctx.needs_input_grad
-        if need[3] or need[4]:
-            if bc == 'partial':
-                dBC = dBC.view(2, batch, groups, cpg // config.BLOCK_D, dstate, length).sum(3)
-            if B.dtype == C.dtype:
-                dBC = dBC.to(B.dtype)  # one cast for both (none where it is the dtype already)
-                dB, dC = dBC[0], dBC[1]
-            else:
-                dB, dC = dBC[0].to(B.dtype), dBC[1].to(C.dtype)
-            shape_B, shape_C = ctx.bc_shapes
-            dB, dC = dB.view(shape_B), dC.view(shape_C)
-        return (du if need[0] else None, ddelta if need[1] else None, dA if need[2] else None,
-                dB if need[3] else None, dC if need[4] else None,
-                dD if D is not None and need[5] else None,
-                dbias if delta_bias is not None and need[6] else None, None, None)
+            dBC = torch.empty((2, batch, dim // config.BLOCK_D, dstate, length), dtype=torch.float32,
+                              device=u.device)
+    dB, dC = dBC[0], dBC[1]
+    dA = small[:dim * dstate].view(dim, dstate)
+    dD = small[dim * dstate:dim * (dstate + 1)]
+    dbias = small[dim * (dstate + 1):]
+    bias = delta_bias if delta_bias is not None else A
+    carry = span = A
+    if kernel_args['SPLIT']:  # chunk-parallel: first each chunk's own adjoint carry and decay
+        grid = grid + (n_chunks,)
+        carry = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=u.device)
+        span = torch.empty((batch, dim, n_chunks), dtype=torch.float32, device=u.device)
+        launcher(kernels.state_carry_kernel, grid,
+                 (delta, A, C, bias, grad_y, carry, span, dim, length, cpg, n_chunks, dstate, delta.stride(0),
+                  grad_y.stride(0), C.stride(0), C.stride(1)),
+                 dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                      **kernel_launch_args(config, 'carry', length)))
+    launcher(kernels.state_bwd_kernel, grid,
+             (u, delta, A, B, C, D if D is not None else A, bias, grad_y, ckpt, du, ddelta, dA, dB, dC, dD,
+              dbias, carry, span, dim, length, cpg, n_chunks, dstate, u.stride(0), delta.stride(0),
+              grad_y.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1)),
+             dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                  BC_MODE=BC_MODES[bc], **kernel_args))
+    if need[3] or need[4]:
+        if bc == 'partial':
+            dBC = dBC.view(2, batch, groups, cpg // config.BLOCK_D, dstate, length).sum(3)
+        if B.dtype == C.dtype:
+            dBC = dBC.to(B.dtype)  # one cast for both (none where it is the dtype already)
+            dB, dC = dBC[0], dBC[1]
+        else:
+            dB, dC = dBC[0].to(B.dtype), dBC[1].to(C.dtype)
+        shape_B, shape_C = bc_shapes
+        dB, dC = dB.view(shape_B), dC.view(shape_C)
+    return (du if need[0] else None, ddelta if need[1] else None, dA if need[2] else None,
+            dB if need[3] else None, dC if need[4] else None,
+            dD if D is not None and need[5] else None,
+            dbias if delta_bias is not None and need[6] else None)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
