@@ -157,14 +157,14 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(official, 'OFFICIAL_MODULE', 'nvidia_stand_in')
 
 
-@pytest.mark.parametrize('window, shape', [((8, 8, 14, 7), (64, 96)), ((8, 8, 5, 3), (96, 160))])
+@pytest.mark.parametrize('window, shape', [((8, 8, 14, 7), (64, 96)), ((8, 8, 5, 3), (64, 96))])
 def test_official_backbone_equals_ours_with_copied_weights(stand_in, window, shape):
     torch.manual_seed(0)
     ours = MambaVision('t', window_size=window).double()
     ours.init_weights()
     official.randomise_norms(ours)
     theirs = official.OfficialBackbone('t', window_size=window).double()
-    x = torch.randn(2, 3, *shape, dtype=torch.float64)
+    x = torch.randn(1, 3, *shape, dtype=torch.float64)
     before = official.max_relative_difference(ours, theirs, x)
     assert min(before[2:]) > 1e-2  # different random weights: the check sees it
     copied = official.copy_weights(ours, theirs)

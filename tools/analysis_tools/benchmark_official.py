@@ -240,8 +240,10 @@ def cls_rows(args, ctx) -> List[Row]:
         ctx['notes']['cls'].append(f'timm references: skipped ({error})')
     else:
         for model_name, label in TIMM_REFERENCES:
-            add(label, 'reference', None, '', lambda n=model_name: timm.create_model(n, pretrained=False,
-                                                                                     num_classes=0))
+            # timm's Swin is built for one input size
+            extra = dict(img_size=(height, width)) if model_name.startswith('swin') else {}
+            add(label, 'reference', None, '', lambda n=model_name, extra=extra: timm.create_model(
+                n, pretrained=False, num_classes=0, **extra))
     ctx['notes']['cls'].append(
         f'eval, {"fp16" if cuda else "bf16"} autocast, batch {batch}, {height}x{width}, channels_last, windows '
         f'{",".join(map(str, CLS_WINDOW))}' + ('; BatchNorm folded into the convolutions (MambaVision rows)'
