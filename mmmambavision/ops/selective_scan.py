@@ -12,7 +12,9 @@ process and device type, the fastest backend that works here:
 
 Override with ``backend=`` or the environment variable ``MMMV_SCAN_BACKEND`` (``auto``, ``cuda``, ``triton``,
 ``torch``, ``chunked``); the argument wins over the variable. While ``torch.export`` or ``torch.onnx.export`` traces
-a model, every call runs the chunked form whatever the setting, so that the scan exports as plain tensor ops.
+a model, every call runs the chunked form whatever the setting, so that the scan exports as plain tensor ops. Under
+``torch.compile`` the call goes through the custom op ``mmmambavision::selective_scan_fwd`` (:mod:`.custom_op`):
+one node in the compiled graph, no graph break.
 """
 import importlib
 import logging
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .custom_op import selective_scan_op
 from .scan_chunked import selective_scan_chunked
 from .scan_reference import expand_bc
 from .scan_torch import selective_scan_torch
@@ -204,14 +207,33 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
-    if torch.compiler.is_exporting() or _in_onnx_export():  # first: exporting also counts as compiling
-        _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-        _check_name(backend, 'selective_scan argument backend')
-        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                      loop=export_loop())
+    if torch.compiler.is_exporting():  # first: exporting also counts as compiling
+        return _exported(*args)
     if torch.compiler.is_compiling():
-        return _untraced()(*args)
+        return _traced(*args)
+    if _in_onnx_export():  # the TorchScript-based exporter (never under dynamo, which cannot trace this check)
+        return _exported(*args)
     return _selective_scan(*args)
+
+
+def _exported(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
+    """The scan while torch.export or torch.onnx.export traces: the chunked form, plain tensor ops."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    _check_name(backend, 'selective_scan argument backend')
+    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                  loop=export_loop())
+
+
+def _traced(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
+    """The scan under torch.compile: the custom op ``mmmambavision::selective_scan_fwd`` (:mod:`.custom_op`), which
+    dynamo traces as one node of the graph, with its backward op wired through ``register_autograd``. The backend
+    is resolved here, at trace time, and goes into the graph as a constant."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    name = _backend_at_trace_time(u.device.type, backend)
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    y, last_state = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name, differentiable)
+    return (y, last_state) if return_last_state else y
 
 
 _export_check = None
@@ -241,19 +263,15 @@ def export_loop() -> str:
     return 'scan' if torch.compiler.is_exporting() else 'python'
 
 
-_UNTRACED = None
+def _backend_at_trace_time(device_type: str, backend: Optional[str]) -> str:
+    """``selected_backend``, run by dynamo as plain Python while it traces, its result a constant of the graph
+    (it takes a lock and may import modules, which dynamo would otherwise break the graph at). The backend of a
+    compiled graph is the one chosen when it was compiled."""
+    return selected_backend(device_type, backend)
 
 
-def _untraced():
-    """``_selective_scan`` behind ``torch.compiler.disable``, made on first use (no dynamo import before that).
-
-    Under torch.compile the scan runs as in eager mode, one graph break per call, rather than being traced: its
-    backends are a compiled extension, Triton launches, or a time loop that tracing would unroll step by step.
-    """
-    global _UNTRACED
-    if _UNTRACED is None:
-        _UNTRACED = torch.compiler.disable(_selective_scan)
-    return _UNTRACED
+# what torch.compiler.assume_constant_result(fn) sets on fn, without importing dynamo along with this package
+_backend_at_trace_time._dynamo_marked_constant = True
 
 
 def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
