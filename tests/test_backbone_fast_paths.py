@@ -103,6 +103,16 @@ def test_outputs_keep_the_input_layout(channels_last):
 def test_compile_argument_is_checked():
     with pytest.raises(TypeError, match='compile must be a bool or a dict'):
         MambaVision(SMALL_ARCH, compile='yes')
+    with pytest.raises(ValueError, match=r"compile\['stages'\] must be stage indices in 0..3"):
+        MambaVision(SMALL_ARCH, compile=dict(stages=(2, 4)))
+
+
+def test_compile_selects_the_stages():
+    model = MambaVision(SMALL_ARCH, compile=dict(stages=(1, 3), mode='max-autotune-no-cudagraphs'))
+    assert [level.compile_options for level in model.levels] == [
+        None, dict(mode='max-autotune-no-cudagraphs'), None, dict(mode='max-autotune-no-cudagraphs')]
+    assert [level.compile_options for level in MambaVision(SMALL_ARCH, compile=True).levels] == [None, None, {}, {}]
+    assert all(level.compile_options is None for level in MambaVision(SMALL_ARCH).levels)
 
 
 @pytest.mark.parametrize('window,size', [
@@ -115,13 +125,13 @@ def test_compiled_blocks_match_eager(window, size):
     torch._dynamo.reset()
     eager = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.)).double().train()
     compiled = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.,
-                                      compile=dict(backend='aot_eager'))).double().train()
+                                      compile=dict(backend='aot_eager', stages=(0, 1, 2, 3)))).double().train()
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
     weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in eager(x)]
     out_e, grads_e, gx_e = _outputs_and_grads(eager, x, weights)
     out_c, grads_c, gx_c = _outputs_and_grads(compiled, x, weights)
-    assert all(level._compiled_blocks for level in compiled.levels[2:])
+    assert all(level._compiled_blocks for level in compiled.levels)
     for a, b in zip(out_c, out_e):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gx_c, gx_e, rtol=1e-9, atol=1e-12)

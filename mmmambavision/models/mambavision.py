@@ -61,7 +61,7 @@ class MambaVisionLevel(nn.Module):
         return x
 
     def _blocks_until(self, x: torch.Tensor, stop: int) -> torch.Tensor:
-        if self.compile_options is not None and not self.conv:
+        if self.compile_options is not None:
             return self._compiled(stop)(x)
         return self._plain_blocks(x, stop)
 
@@ -170,12 +170,15 @@ class MambaVision(BaseModule):
             and output norm).
         norm_eval: keep BatchNorm layers in eval mode during training.
         with_cp: gradient checkpointing per block.
-        compile: ``torch.compile`` the hybrid blocks of stages 3-4 (``True``, or a dict of ``torch.compile``
-            keyword arguments such as ``dict(mode='max-autotune-no-cudagraphs')``). Inductor then fuses their
-            LayerNorms, residuals, GELUs and layout copies; the selective scan is a custom op that it traces
-            through. Compilation costs seconds to minutes at the first forward and again for each new shape of
-            the window sequences (fixed at detection and segmentation scale, where the windows are). Outputs equal
-            the eager ones to float rounding. Off by default.
+        compile: ``torch.compile`` the blocks of the hybrid stages 3-4: ``True``, or a dict of ``torch.compile``
+            keyword arguments (e.g. ``dict(mode='max-autotune-no-cudagraphs')``) with one key of its own,
+            ``stages``: the stages (0-3) whose blocks are compiled, default ``(2, 3)``; ``(0, 1, 2, 3)`` adds the
+            convolutional stages, whose input shapes change with every image size (one more compile when a
+            second size comes, then shape-generic code). Inductor fuses the LayerNorms, residuals, GELUs and
+            layout copies around the matmuls, attention and the scan (a custom op it traces through, no graph
+            break). Compilation costs seconds to minutes at the first forward and again for each new shape of the
+            window sequences (fixed at detection and segmentation scale, where the windows are). Outputs equal the
+            eager ones to float rounding. Off by default.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint='checkpoints/x.pth.tar')``.
     """
 
@@ -219,12 +222,7 @@ class MambaVision(BaseModule):
                              f'stage 3 / 4 (the whole map as one window, no padding); got {window_size!r}')
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be an int in -1..4, got {frozen_stages!r}')
-        if isinstance(compile, bool):
-            compile_options = {} if compile else None
-        elif isinstance(compile, dict):
-            compile_options = dict(compile)
-        else:
-            raise TypeError(f'compile must be a bool or a dict of torch.compile keyword arguments, got {compile!r}')
+        compile_options, compile_stages = self._compile_settings(compile)
         if drop_path_rate is None:
             drop_path_rate = arch.get('drop_path_rate', 0.)
         if not 0. <= drop_path_rate < 1.:
@@ -251,7 +249,7 @@ class MambaVision(BaseModule):
                 window_size=window_size[i], downsample=i < 3,
                 drop_path=rates[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=arch.get('mlp_ratio', 4.),
                 layer_scale=arch.get('layer_scale'), layer_scale_conv=arch.get('layer_scale_conv'), with_cp=with_cp)
-            level.compile_options = compile_options
+            level.compile_options = compile_options if i in compile_stages else None
             self.levels.append(level)
         for i in out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))
@@ -276,6 +274,22 @@ class MambaVision(BaseModule):
             if len(arch[key]) != 4:
                 raise ValueError(f'arch[{key!r}] must have 4 entries, got {arch[key]!r}')
         return copy.deepcopy(dict(arch))
+
+    @staticmethod
+    def _compile_settings(compile: Union[bool, dict]) -> Tuple[Optional[dict], Tuple[int, ...]]:
+        """(torch.compile keyword arguments or None, the stages to compile) from the ``compile`` argument."""
+        if isinstance(compile, bool):
+            return ({} if compile else None), (2, 3)
+        if not isinstance(compile, dict):
+            raise TypeError(f'compile must be a bool or a dict of torch.compile keyword arguments (plus '
+                            f"'stages'), got {compile!r}")
+        options = dict(compile)
+        stages = options.pop('stages', (2, 3))
+        stages = (stages, ) if isinstance(stages, int) else stages
+        if (not isinstance(stages, (list, tuple)) or not stages
+                or any(isinstance(s, bool) or s not in (0, 1, 2, 3) for s in stages)):
+            raise ValueError(f"compile['stages'] must be stage indices in 0..3, got {compile.get('stages')!r}")
+        return options, tuple(stages)
 
     def _freeze_stages(self) -> None:
         frozen = []
