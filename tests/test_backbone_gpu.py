@@ -1,0 +1,65 @@
+"""The backbone's fast paths on CUDA (skipped without): the last block's query crop at the published detection
+windows, and ``compile=`` (inductor) against eager, in fp32 and under fp16 autocast, forward and gradients, for
+each scan backend that imports here."""
+import pytest
+import torch
+
+from mmmambavision import MambaVision
+from mmmambavision.ops import ENV_VAR
+from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+BACKENDS = [
+    pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available() or not cuda_kernel_available(),
+                                                  reason='selective_scan_cuda is not built')),
+    pytest.param('triton', marks=pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(),
+                                                    reason='triton is not installed')),
+]
+
+
+def _step(model, x, weights, half):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=torch.float16, enabled=half):
+        outs = model(x)
+    sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+    return [o.detach().float() for o in outs], {n: p.grad.float() for n, p in model.named_parameters()}
+
+
+def _relative(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, request.param)
+    return request.param
+
+
+@pytest.mark.parametrize('backend', BACKENDS, indirect=True)
+@pytest.mark.parametrize('half', [False, True])
+@pytest.mark.parametrize('compiled', [False, True])
+def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, compiled):
+    """Detection-sized maps in the published windows (8, 8, 112, 56): the crop (and, when asked, inductor) against
+    the plain eager path (crop off), outputs and every gradient."""
+    torch._dynamo.reset()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    fast = MambaVision('tiny', window_size=(8, 8, 112, 56), drop_path_rate=0., compile=compiled)
+    fast.init_weights()
+    plain = MambaVision('tiny', window_size=(8, 8, 112, 56), drop_path_rate=0.)
+    plain.load_state_dict(fast.state_dict())
+    fast, plain = fast.cuda().train(), plain.cuda().train()
+    for level in plain.levels:
+        level.crop_last_block = False
+    # stage 3 is 40 x 63 in one 112 x 112 window, stage 4 20 x 32 in a 56 x 56 one
+    x = torch.randn(2, 3, 640, 1000, device='cuda')
+    weights = [torch.randn(o.shape, device='cuda') for o in plain(x)]
+    out_p, grads_p = _step(plain, x, weights, half)
+    out_f, grads_f = _step(fast, x, weights, half)
+    tol = 2e-2 if half else 1e-4
+    for i, (a, b) in enumerate(zip(out_f, out_p)):
+        assert _relative(a, b) < tol, f'stage {i}: {_relative(a, b):.2e}'
+    for name in grads_p:
+        assert _relative(grads_f[name], grads_p[name]) < 5 * tol, f'{name}: {_relative(grads_f[name], grads_p[name])}'
