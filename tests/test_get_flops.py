@@ -18,11 +18,13 @@ def hand_scan(windows: int, dim: int, tokens: int, d_state: int = 8) -> int:
 
 # MambaVision-T: stage 3 (dim 320, depth 8) has 4 mixer blocks then 4 attention blocks, stage 4 (dim 640, depth 4)
 # 2 + 2. The scan and the attention run on the padded windows: B counts windows, L is the window's token count.
+# The last block of a stage asks queries only for the tokens the stage outputs (q: per window).
 CASES = {
     # 64x64, classification windows (14, 7): stage 3 is 4x4 -> one 14x14 window, stage 4 2x2 -> one 7x7 window
-    'square-default-windows': ((64, 64), (8, 8, 14, 7), dict(s3=(1, 196), s4=(1, 49))),
+    'square-default-windows': ((64, 64), (8, 8, 14, 7), dict(s3=(1, 196, 16), s4=(1, 49, 4))),
     # 64x96, windows (4, 2): stage 3 is 4x6 -> padded 4x8, two 4x4 windows; stage 4 2x3 -> 2x4, two 2x2 windows
-    'two-windows': ((64, 96), (8, 8, 4, 2), dict(s3=(2, 16), s4=(2, 4))),
+    # (whole windows along both axes: every query kept)
+    'two-windows': ((64, 96), (8, 8, 4, 2), dict(s3=(2, 16, 16), s4=(2, 4, 4))),
 }
 
 
@@ -32,15 +34,15 @@ def test_get_flops_counts_the_scan_and_attention_as_by_hand(case):
     torch.manual_seed(0)
     model = MambaVision('tiny', out_indices=(3, ), window_size=window).eval()
     result = get_flops.count(model, model, torch.randn(1, 3, height, width))
-    (w3, l3), (w4, l4) = shapes['s3'], shapes['s4']
+    (w3, l3, q3), (w4, l4, q4) = shapes['s3'], shapes['s4']
     scan3, scan4 = 4 * hand_scan(w3, 320, l3), 2 * hand_scan(w4, 640, l4)
     assert result['scan'] == scan3 + scan4
     assert sorted(call[1:] for call in result['scan_calls']) == sorted(
         [(w3, 160, l3, 8)] * 4 + [(w4, 320, l4, 8)] * 2)
     parts = {name: scan for name, _, scan in result['parts']}
     assert parts['levels.2'] == scan3 and parts['levels.3'] == scan4 and parts['levels.0'] == 0
-    # q.k^T and attn.v: windows * L^2 * dim each (heads x head_dim = dim)
-    assert result['attention'] == 4 * 2 * w3 * l3 ** 2 * 320 + 2 * 2 * w4 * l4 ** 2 * 640
+    # q.k^T and attn.v: windows * queries * keys * dim each (heads x head_dim = dim); the last block: q queries
+    assert result['attention'] == (2 * w3 * (3 * l3 + q3) * l3 * 320) + (2 * w4 * (l4 + q4) * l4 * 640)
     assert result['total'] == result['mmengine'] + result['scan']
     assert result['mmengine'] > 50 * result['scan'] > 0
 
