@@ -287,3 +287,122 @@ def test_triton_direct_launches_match_jit_launches(shape, dtype):
             assert torch.equal(g0[name], g1[name]), name
         else:
             assert relative_error(g1[name], g0[name]) < (1e-5 if dtype == torch.float32 else 1e-2), name
+
+
+# --- torch.compile through the custom ops (mmmambavision/ops/custom_op.py) ---------------------------------------
+
+def compile_backend_marks(backend):
+    return [needs_cuda_kernel] if backend == 'cuda' else [needs_triton]
+
+
+COMPILE_BACKENDS = [pytest.param(b, marks=compile_backend_marks(b)) for b in ('cuda', 'triton')]
+OP_LAYOUTS = {'bnl': None, 'bgnl': 2, 'dn': 'dn'}
+
+
+def op_inputs(shape, dtype, layout='bnl', z=True, seed=0):
+    """The scan's inputs with B/C (b, n, L), (b, g, n, L) or time-invariant (d, n) (fp32), and a z gate."""
+    groups = OP_LAYOUTS[layout]
+    inputs = make_inputs(shape, dtype, groups=None if groups == 'dn' else groups, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if groups == 'dn':
+        inputs['B'] = torch.randn(shape[1], 8, generator=gen).cuda()
+        inputs['C'] = torch.randn(shape[1], 8, generator=gen).cuda()
+    if z:
+        inputs['z'] = torch.randn(shape, generator=gen).to(dtype).cuda()
+    return inputs
+
+
+def compiled_scan(backend, inputs, grad_out, **kwargs):
+    """y, h_L and the input gradients of the scan compiled with inductor, fullgraph (a graph break would raise)."""
+    torch.compiler.reset()
+
+    def fn(**leaves):
+        return selective_scan(**leaves, return_last_state=True, backend=backend, **kwargs)
+
+    compiled = torch.compile(fn, backend='inductor', fullgraph=True)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    y, last = compiled(**leaves)
+    assert y.dtype == inputs['u'].dtype and last.dtype == torch.float32 and not last.requires_grad
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
+    for name, grad in zip(leaves, grads):
+        assert grad.dtype == leaves[name].dtype and grad.shape == leaves[name].shape, name
+    return y.detach(), last, dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32], ids=lambda d: str(d).split('.')[-1])
+@pytest.mark.parametrize('shape,layout', [((16, 160, 196), 'bnl'), ((16, 160, 196), 'bgnl'),
+                                          ((16, 160, 196), 'dn'), ((2, 64, 3000), 'bnl')],
+                         ids=['16x160x196-bnl', '16x160x196-bgnl', '16x160x196-dn', '2x64x3000-bnl'])
+@pytest.mark.parametrize('backend', COMPILE_BACKENDS)
+def test_inductor_compiled_scan_matches_eager_and_float64(backend, shape, layout, dtype):
+    """Compiled through the custom ops: outputs and every input's gradient vs the eager call of the same backend
+    and vs float64 (L = 3000: two of the cuda kernel's 2048-step chunks, Triton's chunk-parallel backward)."""
+    inputs = op_inputs(shape, dtype, layout)
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda().to(dtype)
+    compiled = compiled_scan(backend, inputs, grad_out, delta_softplus=True)
+    eager = run_backend(backend, inputs, grad_out, delta_softplus=True)
+    label = f'{backend} compiled {shape} {layout} {dtype}'
+    assert_close_to(compiled, float64_truth(inputs, grad_out, delta_softplus=True), TOLERANCE[dtype], label)
+    assert_close_to(compiled, (eager[0].double(), eager[1], {k: g.double() for k, g in eager[2].items()}),
+                    TOLERANCE[dtype], label + ' vs eager')
+
+
+@pytest.mark.parametrize('backend', COMPILE_BACKENDS)
+def test_inductor_compiled_scan_without_options_and_without_grad(backend, shape=(8, 96, 196)):
+    inputs = op_inputs(shape, torch.float16, z=False)
+    inputs.pop('D'), inputs.pop('delta_bias')
+    inputs['delta'] = inputs['delta'].abs()  # no softplus: keep Δ·A ≤ 0
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).cuda().half()
+    compiled = compiled_scan(backend, inputs, grad_out)
+    assert_close_to(compiled, float64_truth(inputs, grad_out), TOLERANCE[torch.float16], f'{backend} plain')
+    torch.compiler.reset()
+    with torch.no_grad():
+        y, last = torch.compile(lambda **x: selective_scan(**x, return_last_state=True, backend=backend),
+                                backend='inductor', fullgraph=True)(**inputs)
+    torch.testing.assert_close(y, compiled[0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(last, compiled[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32], ids=lambda d: str(d).split('.')[-1])
+@pytest.mark.parametrize('layout', list(OP_LAYOUTS))
+@pytest.mark.parametrize('backend', COMPILE_BACKENDS)
+def test_opcheck_scan_ops_on_cuda(backend, layout, dtype):
+    """Fake kernels against the real ones on the GPU: shapes, dtypes and strides of y, h_L, the cuda backend's
+    chunk states (two 2048-step chunks here) or Triton's checkpoints, the ungated output, every gradient. The
+    tolerances cover the order of the kernels' atomic sums, which differs from run to run."""
+    from mmmambavision.ops.custom_op import selective_scan_bwd, selective_scan_fwd
+    inputs = op_inputs((2, 32, 2100), dtype, layout)
+    names = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+    tolerance = dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=1e-3, atol=1e-3)
+    args = tuple(inputs[k].clone().requires_grad_(True) for k in names)
+    torch.library.opcheck(selective_scan_fwd, args + (True, backend, True), **tolerance)
+    detached = tuple(t.detach() for t in args)
+    torch.library.opcheck(selective_scan_fwd, detached + (True, backend, False), **tolerance)
+    y, _, state, pre_gate = selective_scan_fwd(*detached, True, backend, True)
+    torch.library.opcheck(selective_scan_bwd, (torch.randn_like(y),) + detached + (state, pre_gate, True, backend,
+                                                                                   [True] * 8), **tolerance)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32], ids=lambda d: str(d).split('.')[-1])
+@pytest.mark.parametrize('backend', COMPILE_BACKENDS)
+def test_mixer_compiles_without_graph_break_and_matches_eager(backend, dtype, monkeypatch):
+    from mmmambavision.models.mixer import MambaVisionMixer
+    monkeypatch.setenv('MMMV_SCAN_BACKEND', backend)
+    torch.manual_seed(0)
+    mixer = MambaVisionMixer(160).cuda().to(dtype)
+    x = torch.randn(8, 196, 160, device='cuda', dtype=dtype)
+    torch.compiler.reset()
+    explanation = torch._dynamo.explain(mixer)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+    torch.compiler.reset()
+    compiled = torch.compile(mixer, backend='inductor', fullgraph=True)
+    out = compiled(x)
+    out.float().square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in mixer.named_parameters()}
+    mixer.zero_grad()
+    ref = mixer(x)
+    ref.float().square().mean().backward()
+    tolerance = TOLERANCE[dtype]
+    assert relative_error(out, ref) <= tolerance
+    for name, p in mixer.named_parameters():
+        assert relative_error(grads[name], p.grad) <= 5 * tolerance, name
