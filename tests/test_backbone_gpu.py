@@ -61,4 +61,6 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
     for i, (a, b) in enumerate(zip(out_f, out_p)):
         assert _relative(a, b) < tol, f'stage {i}: {_relative(a, b):.2e}'
     for name in grads_p:
+        if name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias')):
+            continue  # a bias before train-mode BatchNorm: its gradient is zero up to rounding noise
         assert _relative(grads_f[name], grads_p[name]) < 5 * tol, f'{name}: {_relative(grads_f[name], grads_p[name])}'

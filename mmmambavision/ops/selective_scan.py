@@ -207,7 +207,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         y (batch, dim, length) in u's dtype, or ``(y, last_state)``.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
-    if torch.compiler.is_exporting():  # first: exporting also counts as compiling
+    if _exporting():  # first: exporting also counts as compiling
         return _exported(*args)
     if torch.compiler.is_compiling():
         return _traced(*args)
@@ -236,6 +236,14 @@ def _traced(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_sta
     return (y, last_state) if return_last_state else y
 
 
+def _exporting() -> bool:
+    """True while torch.export traces. Reads the flag behind ``torch.compiler.is_exporting()`` instead of calling
+    it: dynamo in torch 2.11 folds that call to True under every torch.compile trace (2.13 reads the flag), which
+    would send compiled models down the export path."""
+    return bool(getattr(torch.compiler, '_is_exporting_flag', False)) or (
+        not hasattr(torch.compiler, '_is_exporting_flag') and torch.compiler.is_exporting())
+
+
 _export_check = None
 
 
@@ -260,7 +268,7 @@ def export_loop() -> str:
     """How the chunked scan visits its chunks in the export under way: ``'scan'`` (torch's scan operator, one ONNX
     ``Scan`` node) under torch.export, which the ONNX exporter of torch >= 2.9 uses; ``'python'`` (the chunks
     unrolled) under the TorchScript-based ONNX exporter, which cannot trace that operator."""
-    return 'scan' if torch.compiler.is_exporting() else 'python'
+    return 'scan' if _exporting() else 'python'
 
 
 def _backend_at_trace_time(device_type: str, backend: Optional[str]) -> str:
