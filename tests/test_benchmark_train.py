@@ -161,6 +161,31 @@ def test_data_is_generated_once_and_reused(tmp_path):
         bt.ensure_data(root, 3, (48, 64))
 
 
+def test_the_swin_t_config_is_the_3x_recipe_with_mmdets_swin_t():
+    from mmengine.registry import MODELS, init_default_scope
+
+    import mmmambavision  # noqa: F401
+    cfg = bt.load_config(osp.join(REPO, 'configs/det/cascade_swin_t_3x.py'), [])
+    ours = bt.load_config(osp.join(REPO, 'configs/det/cascade_mambavision_t_3x.py'), [])
+    backbone = cfg.model.backbone
+    assert backbone.type == 'SwinTransformer' and backbone.init_cfg is None and 'arch' not in backbone
+    assert (backbone.embed_dims, backbone.depths, backbone.num_heads, backbone.window_size) == (
+        96, [2, 2, 6, 2], [3, 6, 12, 24], 7)
+    assert backbone.drop_path_rate == 0.2 and backbone.patch_norm and backbone.convert_weights
+    assert cfg.model.neck.in_channels == [96, 192, 384, 768]
+    for key in ('roi_head', 'rpn_head', 'train_cfg', 'test_cfg', 'type'):
+        assert cfg.model[key] == ours.model[key], key
+    for key in ('train_dataloader', 'train_cfg', 'param_scheduler', 'auto_scale_lr', 'custom_hooks'):
+        assert cfg[key] == ours[key], key
+    assert cfg.optim_wrapper.optimizer == ours.optim_wrapper.optimizer
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['relative_position_bias_table'] == dict(decay_mult=0.)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    assert type(model.backbone).__name__ == 'SwinTransformer'
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(85.63e6, rel=1e-3)  # the Swin paper's 86 M
+
+
 def test_visible_devices():
     assert bt.visible_devices(2, None) == '0,1'
     assert bt.visible_devices(1, '3,5') == '3'
