@@ -15,6 +15,10 @@
 #      constructor                                                                      120
 #   4. selective-scan kernels (benchmark_scan.py): cuda vs triton at the classification and detection shapes,
 #      fp16, eager and from a CUDA graph, host time per call                            T_SCAN=120
+#   5. against NVIDIA's own model (benchmark_official.py; needs the mambavision package): classification, the
+#      det-scale backbone (eager, Triton, compile=True), the Cascade and UperNet training steps  T_OFFICIAL=600
+#   6. training throughput through tools/dist_train.sh (benchmark_train.py), MambaVision-T and Swin-T, 3x
+#      config, 200 iterations on 1 GPU (and 2 GPUs where there are two)                  T_TRAIN=600
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_suite_out}
@@ -27,7 +31,7 @@ run() {  # name timeout command...
 }
 nvidia-smi -L 2>/dev/null; date -u
 run scan_gpu_tests "${T_TESTS:-300}" $PY -m pytest -q -p no:cacheprovider tests/test_mixer_gpu.py \
-  tests/test_inference_paths.py tests/test_selective_scan_gpu.py
+  tests/test_inference_paths.py tests/test_selective_scan_gpu.py tests/test_backbone_gpu.py
 run cls "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph
 run cls_fused "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph --fuse-conv-bn
 MMMV_SCAN_BACKEND=triton run cls_triton "${T_CLS:-240}" $PY tools/analysis_tools/benchmark.py --channels-last --cuda-graph \
@@ -39,7 +43,12 @@ run det_optim 120 $PY tools/analysis_tools/benchmark_det.py --det-optim --warmup
 run scan "${T_SCAN:-120}" $PY tools/analysis_tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
   --shapes 128x160x196 2x160x12544 \
   --dtypes fp16 --backends cuda triton
-for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan; do
+run official "${T_OFFICIAL:-600}" $PY tools/analysis_tools/benchmark_official.py --archs t s b \
+  --ours-kwargs '{"compile": true}' --out "$OUT/official.csv"
+GPUS=$($PY -c 'import torch; print(" ".join(str(n) for n in (1, 2) if n <= torch.cuda.device_count()))')
+run train "${T_TRAIN:-600}" $PY tools/analysis_tools/benchmark_train.py --configs configs/det/cascade_mambavision_t_3x.py \
+  configs/det/cascade_swin_t_3x.py --gpus $GPUS --iters 200 --data-root "$OUT/coco_scale" --out "$OUT/train.json"
+for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan official train; do
   echo; echo "### $name"
   grep -E '^\||^device|^ratios|^note|^floor|^warm-up|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -40
 done
