@@ -36,11 +36,17 @@ def backend(request, monkeypatch):
     return request.param
 
 
+def _skipped(name):  # a bias before train-mode BatchNorm: its gradient is zero up to rounding noise
+    return name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias'))
+
+
 @pytest.mark.parametrize('backend', BACKENDS, indirect=True)
 @pytest.mark.parametrize('half,compiled', [(False, False), (True, False), (True, True), (False, True)])
 def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, compiled):
     """Detection-sized maps in the published windows (8, 8, 112, 56): the crop (and, when asked, inductor) against
-    the plain eager path (crop off), outputs and every gradient."""
+    the plain eager path (crop off) in fp32, outputs and every gradient. Under fp16 autocast the fast path must be
+    as close to that fp32 reference as the plain path under fp16 autocast is (some gradients, e.g. LayerNorm biases
+    before attention, are near-cancelling sums that fp16 rounding alone moves by tens of percent)."""
     torch._dynamo.reset()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -55,12 +61,16 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
     # stage 3 is 40 x 63 in one 112 x 112 window, stage 4 20 x 32 in a 56 x 56 one
     x = torch.randn(2, 3, 640, 1000, device='cuda')
     weights = [torch.randn(o.shape, device='cuda') for o in plain(x)]
-    out_p, grads_p = _step(plain, x, weights, half)
+    out_ref, grads_ref = _step(plain, x, weights, half=False)
     out_f, grads_f = _step(fast, x, weights, half)
-    tol = 2e-2 if half else 1e-4
-    for i, (a, b) in enumerate(zip(out_f, out_p)):
-        assert _relative(a, b) < tol, f'stage {i}: {_relative(a, b):.2e}'
-    for name in grads_p:
-        if name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias')):
-            continue  # a bias before train-mode BatchNorm: its gradient is zero up to rounding noise
-        assert _relative(grads_f[name], grads_p[name]) < 5 * tol, f'{name}: {_relative(grads_f[name], grads_p[name])}'
+    if half:
+        out_h, grads_h = _step(plain, x, weights, half=True)
+    for i, (a, b) in enumerate(zip(out_f, out_ref)):
+        bound = max(1e-4, 2 * _relative(out_h[i], b)) if half else 1e-4
+        assert _relative(a, b) < bound, f'stage {i}: {_relative(a, b):.2e} (bound {bound:.2e})'
+    for name in grads_ref:
+        if _skipped(name):
+            continue
+        error = _relative(grads_f[name], grads_ref[name])
+        bound = max(5e-4, 2 * _relative(grads_h[name], grads_ref[name])) if half else 5e-4
+        assert error < bound, f'{name}: {error:.2e} (bound {bound:.2e})'
