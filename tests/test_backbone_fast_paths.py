@@ -187,3 +187,23 @@ def test_inductor_compiled_blocks_under_bf16_autocast_are_as_accurate_as_eager()
             continue  # before train-mode BatchNorm: zero up to rounding
         assert rel(grads_comp[name], ref) < max(1e-3, 2 * rel(grads_eager[name], ref)), (
             f'{name}: {rel(grads_comp[name], ref):.2e} vs eager {rel(grads_eager[name], ref):.2e}')
+
+
+@pytest.mark.parametrize('depths', [(1, 1, 1, 1), (1, 1, 2, 3)])
+def test_crop_with_a_mixer_or_a_single_block_last(depths):
+    """A stage of one block (a mixer: the crop then selects the mixer's output rows, on the windows as cut) and
+    odd depths give what the plain path gives, outputs and gradients (float64)."""
+    arch = dict(SMALL_ARCH, depths=depths)
+    model = randomize_(MambaVision(arch, window_size=(8, 8, 16, 8), drop_path_rate=0.), seed=8).double().train()
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 40, 30, generator=gen, dtype=torch.float64)
+    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in model(x)]
+    out_c, grads_c, gx_c = _outputs_and_grads(model, x, weights)
+    for level in model.levels:
+        level.crop_last_block = False
+    out_p, grads_p, gx_p = _outputs_and_grads(model, x, weights)
+    for a, b in zip(out_c, out_p):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx_c, gx_p, rtol=1e-9, atol=1e-12)
+    for name in grads_p:
+        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-8, atol=1e-12, msg=lambda m: f'{name}: {m}')

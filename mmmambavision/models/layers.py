@@ -369,7 +369,7 @@ class WindowCrop:
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """(sequences, window**2, C) -> (sequences, height * width, C), row-major."""
         sequences, _, channels = x.shape
-        x = x.view(sequences, self.window, self.window, channels)[:, :self.height, :self.width]
+        x = x.reshape(sequences, self.window, self.window, channels)[:, :self.height, :self.width]
         return x.reshape(sequences, self.tokens, channels)
 
 

@@ -118,7 +118,7 @@ class MambaVisionLevel(nn.Module):
         x = self._run_blocks(x, crop)
         rows, cols = padded_h // window, padded_w // window
         batch, channels = x.shape[0] // (rows * cols), x.shape[-1]
-        x = x.view(batch, rows, cols, crop.height, crop.width, channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, rows, cols, crop.height, crop.width, channels).permute(0, 1, 3, 2, 4, 5)
         x = x.reshape(batch, rows * crop.height, cols * crop.width, channels)[:, :height, :width]
         return in_memory_format(x.permute(0, 3, 1, 2), channels_last)
 
