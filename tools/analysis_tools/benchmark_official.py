@@ -30,7 +30,6 @@ import os
 import os.path as osp
 import shlex
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -524,14 +523,8 @@ def table(part: str, rows: List[Row], notes: List[str]) -> List[str]:
 
 # --------------------------------------------------------------------------------------------------------------- main
 def git_commit() -> str:
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ''
-    return commit + ('+uncommitted changes' if commit and dirty else '')
+    from mmmambavision.utils import git_commit as commit_of
+    return commit_of(REPO)
 
 
 def write_out(path: str, rows: List[Row], meta: dict, checks: List[dict]) -> None:

@@ -372,14 +372,8 @@ def launch(command: List[str], env: Dict[str, str], log_path: str, timeout: floa
 
 
 def git_commit() -> str:
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ''
-    return commit + ('+uncommitted changes' if commit and dirty else '')
+    from mmmambavision.utils import git_commit as commit_of
+    return commit_of(REPO)
 
 
 def device_name() -> str:
