@@ -6,16 +6,9 @@ import torch
 
 from mmmambavision import MambaVision
 from mmmambavision.ops import ENV_VAR
-from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_available
+from test_mixer_gpu import GPU_BACKENDS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-
-BACKENDS = [
-    pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available() or not cuda_kernel_available(),
-                                                  reason='selective_scan_cuda is not built')),
-    pytest.param('triton', marks=pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(),
-                                                    reason='triton is not installed')),
-]
 
 
 def _step(model, x, weights, half):
@@ -40,7 +33,7 @@ def _skipped(name):  # a bias before train-mode BatchNorm: its gradient is zero 
     return name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias'))
 
 
-@pytest.mark.parametrize('backend', BACKENDS, indirect=True)
+@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
 @pytest.mark.parametrize('half,compiled', [(False, False), (True, False), (True, True), (False, True)])
 def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, compiled):
     """Detection-sized maps in the published windows (8, 8, 112, 56): the crop (and, when asked, inductor) against

@@ -14,13 +14,13 @@ from mmmambavision.ops.selective_scan import cuda_kernel_available, triton_avail
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
-BACKENDS = [
+GPU_BACKENDS = [  # the compiled backends, each skipped where it does not import
     pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available() or not cuda_kernel_available(),
                                                   reason='selective_scan_cuda is not built')),
     pytest.param('triton', marks=pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(),
                                                     reason='triton is not installed')),
-    'torch',
 ]
+BACKENDS = GPU_BACKENDS + ['torch']
 
 
 def _mixer_and_input(dim=320, seqs=6, length=196, seed=0):

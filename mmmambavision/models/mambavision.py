@@ -236,7 +236,6 @@ class MambaVision(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.compile = compile_options is not None
 
         dim, depths = arch['dim'], tuple(arch['depths'])
         self.num_features = tuple(dim * 2 ** i for i in range(4))

@@ -230,8 +230,7 @@ def _traced(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_sta
     is resolved here, at trace time, and goes into the graph as a constant."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = _backend_at_trace_time(u.device.type, backend)
-    differentiable = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    differentiable = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
     y, last_state = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name, differentiable)
     return (y, last_state) if return_last_state else y
 
@@ -240,8 +239,13 @@ def _exporting() -> bool:
     """True while torch.export traces. Reads the flag behind ``torch.compiler.is_exporting()`` instead of calling
     it: dynamo in torch 2.11 folds that call to True under every torch.compile trace (2.13 reads the flag), which
     would send compiled models down the export path."""
-    return bool(getattr(torch.compiler, '_is_exporting_flag', False)) or (
-        not hasattr(torch.compiler, '_is_exporting_flag') and torch.compiler.is_exporting())
+    flag = getattr(torch.compiler, '_is_exporting_flag', None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether a gradient can flow through the scan: autograd on and an input that requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 _export_check = None
@@ -287,8 +291,7 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
     name = selected_backend(u.device, backend)
     # Without a gradient to compute, the compiled backends launch their forward directly (no autograd Function,
     # no saved state): eager inference is bound by host time per call.
-    differentiable = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    differentiable = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
     if name == 'cuda':
         from .scan_cuda import selective_scan_cuda_fn
         y, last_state = selective_scan_cuda_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
