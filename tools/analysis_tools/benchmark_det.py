@@ -95,10 +95,6 @@ def build_detector(name: str, window: Optional[Sequence[int]], device: torch.dev
     (``with_cfg``: the config too, last)."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.optim import build_optim_wrapper
-
-    from mmmambavision.engine import fall_back_to_fp32
 
     cfg = Config.fromfile(osp.join(REPO, DET_MODELS[name][1]))
     if name == 'swin_t':
@@ -108,13 +104,26 @@ def build_detector(name: str, window: Optional[Sequence[int]], device: torch.dev
         cfg.model.backbone.init_cfg = None
         if window is not None:
             cfg.model.backbone.window_size = tuple(window)
+    model, optim_wrapper = build_for_training(cfg, MODELS, device)
+    result = (det_label(name, window, cfg), model, optim_wrapper)
+    return result + (cfg, ) if with_cfg else result
+
+
+def build_for_training(cfg, registry, device: torch.device):
+    """(model, optim_wrapper) of ``cfg`` for timing training steps in one process: ``cfg.model`` built from
+    ``registry`` with its own initialisation, SyncBN as BN, on ``device`` in train mode; the config's optimiser
+    (AMP on CUDA, the same optimiser in fp32 otherwise)."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+
+    from mmmambavision.engine import fall_back_to_fp32
+
     fall_back_to_fp32(cfg, device.type)  # AmpOptimWrapper needs CUDA; same optimiser in fp32 otherwise
-    model = MODELS.build(cfg.model)
+    model = registry.build(cfg.model)
     model.init_weights()
     # One process: SyncBN would compute plain BN anyway; make it explicit.
     model = revert_sync_batchnorm(model).to(device).train()
-    result = (det_label(name, window, cfg), model, build_optim_wrapper(model, cfg.optim_wrapper))
-    return result + (cfg, ) if with_cfg else result
+    return model, build_optim_wrapper(model, cfg.optim_wrapper)
 
 
 def random_grads(model) -> None:
@@ -398,7 +407,6 @@ def det_table(rows, notes) -> List[str]:
                      f'{(step - backbone_ms) / step:.2f}x its step: about the lowest ratio any backbone could reach '
                      'in this run (the same neck, heads, losses and optimiser around it)')
     return lines
-
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, doc: str = __doc__,

@@ -56,7 +56,6 @@ SEG_SWIN_T = dict(type='SwinTransformer', pretrain_img_size=224, embed_dims=96, 
                   out_indices=(0, 1, 2, 3), qkv_bias=True, qk_scale=None, patch_norm=True, drop_rate=0.,
                   attn_drop_rate=0., drop_path_rate=0.3, use_abs_pos_embed=False, act_cfg=dict(type='GELU'),
                   norm_cfg=dict(type='LN', requires_grad=True), init_cfg=None)
-SWIN_T_WIDTHS = [96, 192, 384, 768]
 TIMM_REFERENCES = (('swin_tiny_patch4_window7_224', 'Swin-T (timm)'), ('convnext_tiny', 'ConvNeXt-T (timm)'))
 CLS_WINDOW = (8, 8, 14, 7)
 # per device type and part: archs, batch, size (H, W), windows, warm-up steps, timed steps per round, rounds
@@ -351,12 +350,9 @@ def build_task_model(task: str, kind: str, arch: str, window, device: torch.devi
     the config's optimiser (AMP on CUDA, fp32 otherwise). ``size``: seg only, the data preprocessor's padded size
     (the config's crop size otherwise)."""
     from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
 
-    from mmmambavision.engine import fall_back_to_fp32
-
+    from benchmark_det import SWIN_T_WIDTHS, build_for_training
     if task == 'det':
         from benchmark_det import DET_MODELS, SWIN_T
         from mmdet.registry import MODELS
@@ -389,11 +385,7 @@ def build_task_model(task: str, kind: str, arch: str, window, device: torch.devi
             backbone.update(kwargs or {})
     if task == 'seg' and size is not None:
         cfg.model.data_preprocessor.size = tuple(size)
-    fall_back_to_fp32(cfg, device.type)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    model = revert_sync_batchnorm(model).to(device).train()
-    return model, build_optim_wrapper(model, cfg.optim_wrapper)
+    return build_for_training(cfg, MODELS, device)
 
 
 def make_seg_batch(batch: int, height: int, width: int, seed: int = 0, num_classes: int = 150) -> dict:
