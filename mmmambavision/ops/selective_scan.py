@@ -24,10 +24,9 @@ import threading
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .custom_op import selective_scan_op
+from .custom_op import _gate, _gated_dtype, _triton_bc, selective_scan_op
 from .scan_chunked import selective_scan_chunked
 from .scan_reference import expand_bc
 from .scan_torch import selective_scan_torch
@@ -298,7 +297,7 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
                                                differentiable=differentiable)
         return (y, last_state) if return_last_state else y
     batch, dim, length = u.shape
-    out_dtype = u.dtype if z is None else torch.promote_types(u.dtype, torch.float32)
+    out_dtype = _gated_dtype(u, z)
     if name == 'chunked':
         y, last_state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                return_last_state=True)
@@ -307,14 +306,12 @@ def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
         from .triton import selective_scan_triton
         # (b, n, L) B and C go as they are (the kernels read them as one group): a view made here would be one
         # more autograd node per call
-        B = B if B.dim() == 3 else expand_bc(B, batch, dim, length)
-        C = C if C.dim() == 3 else expand_bc(C, batch, dim, length)
+        B, C = _triton_bc(B, C, u)
         y, last_state = selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
                                               differentiable=differentiable)
     else:
         y, last_state = selective_scan_torch(u, delta, A, expand_bc(B, batch, dim, length),
                                              expand_bc(C, batch, dim, length), D, delta_bias, delta_softplus,
                                              out_dtype)
-    if z is not None:
-        y = (y * F.silu(z.to(y.dtype))).to(u.dtype)
+    y = _gate(y, z, u.dtype)
     return (y, last_state) if return_last_state else y
