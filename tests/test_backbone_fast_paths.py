@@ -49,9 +49,19 @@ def test_gradients_match_the_float64_reference(window, size):
     assert checked == len(list(model.parameters()))
 
 
+def relative(a, b):
+    """The norm of ``a - b`` relative to ``b``'s."""
+    return ((a - b).norm() / b.norm()).item()
+
+
+def bias_before_train_bn(name):
+    """A convolution bias of stages 1-2, which train-mode BatchNorm follows: its gradient is zero up to rounding."""
+    return name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias'))
+
+
 def _close(a, b, what, tol=1e-4):
     """Relative to ``b``'s scale (the scan computes in fp32 whatever its inputs: float64 models agree to ~1e-6)."""
-    rel = (a - b).norm() / b.norm()
+    rel = relative(a, b)
     worst = (a - b).abs().max() / b.abs().max()
     assert rel < tol and worst < tol, f'{what}: relative error {rel:.2e}, max {worst:.2e}'
 
@@ -177,14 +187,12 @@ def test_inductor_compiled_blocks_under_bf16_autocast_are_as_accurate_as_eager()
     out_eager, grads_eager = step(model, True)
     out_comp, grads_comp = step(compiled, True)
 
-    def rel(a, b):
-        return ((a - b).norm() / b.norm()).item()
-
+    rel = relative
     for i, (c, e, r) in enumerate(zip(out_comp, out_eager, out_ref)):
         assert rel(c, r) < max(1e-3, 2 * rel(e, r)), f'stage {i}: {rel(c, r):.2e} vs eager {rel(e, r):.2e}'
     for name, ref in grads_ref.items():
-        if name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias')):
-            continue  # before train-mode BatchNorm: zero up to rounding
+        if bias_before_train_bn(name):
+            continue
         assert rel(grads_comp[name], ref) < max(1e-3, 2 * rel(grads_eager[name], ref)), (
             f'{name}: {rel(grads_comp[name], ref):.2e} vs eager {rel(grads_eager[name], ref):.2e}')
 

@@ -6,6 +6,7 @@ import torch
 
 from mmmambavision import MambaVision
 from mmmambavision.ops import ENV_VAR
+from test_backbone_fast_paths import bias_before_train_bn, relative
 from test_mixer_gpu import GPU_BACKENDS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
@@ -19,18 +20,10 @@ def _step(model, x, weights, half):
     return [o.detach().float() for o in outs], {n: p.grad.float() for n, p in model.named_parameters()}
 
 
-def _relative(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.fixture
 def backend(request, monkeypatch):
     monkeypatch.setenv(ENV_VAR, request.param)
     return request.param
-
-
-def _skipped(name):  # a bias before train-mode BatchNorm: its gradient is zero up to rounding noise
-    return name.startswith(('levels.0.', 'levels.1.')) and name.endswith(('conv1.bias', 'conv2.bias'))
 
 
 @pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
@@ -59,11 +52,11 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
     if half:
         out_h, grads_h = _step(plain, x, weights, half=True)
     for i, (a, b) in enumerate(zip(out_f, out_ref)):
-        bound = max(1e-4, 2 * _relative(out_h[i], b)) if half else 1e-4
-        assert _relative(a, b) < bound, f'stage {i}: {_relative(a, b):.2e} (bound {bound:.2e})'
+        bound = max(1e-4, 2 * relative(out_h[i], b)) if half else 1e-4
+        assert relative(a, b) < bound, f'stage {i}: {relative(a, b):.2e} (bound {bound:.2e})'
     for name in grads_ref:
-        if _skipped(name):
+        if bias_before_train_bn(name):
             continue
-        error = _relative(grads_f[name], grads_ref[name])
-        bound = max(5e-4, 2 * _relative(grads_h[name], grads_ref[name])) if half else 5e-4
+        error = relative(grads_f[name], grads_ref[name])
+        bound = max(5e-4, 2 * relative(grads_h[name], grads_ref[name])) if half else 5e-4
         assert error < bound, f'{name}: {error:.2e} (bound {bound:.2e})'
