@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision import MambaVision
+from mmmambavision.models import layers
 from float64_reference import reference_forward
 from test_backbone import SMALL_ARCH, randomize_
 
@@ -23,9 +24,14 @@ def _outputs_and_grads(model, x, weights):
     ((8, 8, 3, 2), (61, 93)),    # several windows per image: the crop keeps whole windows along both axes
     ((8, 8, 4, 16), (27, 100)),  # stage 3: 2 x 7 windows; stage 4: one window across, cropped in height
 ])
-def test_gradients_match_the_float64_reference(window, size):
+@pytest.mark.parametrize('padded', [False, True])
+def test_gradients_match_the_float64_reference(window, size, padded, monkeypatch):
     """Outputs and every gradient (parameters and input) of the train-mode backbone in float64 against autograd
-    through the independent float64 reference; the last blocks' query crop is on (the default)."""
+    through the independent float64 reference; the last blocks' query crop is on (the default), and with
+    ``padded`` its query count is rounded up (zero queries) as on CUDA, here to multiples of 4."""
+    if padded:
+        monkeypatch.setattr(layers, 'PAD_QUERIES_ON', ('cpu', ))
+        monkeypatch.setattr(layers, 'QUERY_BUCKET', 4)
     model = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.), seed=3).double().eval()
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 3, *size, generator=gen, dtype=torch.float64)
@@ -94,6 +100,28 @@ def test_last_block_asks_queries_only_for_image_tokens(monkeypatch):
     full_lengths, full = _attention_queries(model, x, monkeypatch)
     assert full_lengths == [(256, 256), (64, 64)]
     for a, b in zip(outs, full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_query_counts(monkeypatch):
+    """Where it pads (CUDA), the cropped attention rounds its query count up to QUERY_BUCKET's multiples, never past
+    the window's tokens; elsewhere it asks exactly the image's tokens."""
+    assert layers.padded_query_count(4200, torch.device('cpu')) == 4200
+    assert layers.padded_query_count(4200, torch.device('cuda')) == 4608
+    assert layers.padded_query_count(4096, torch.device('cuda')) == 4096
+    monkeypatch.setattr(layers, 'PAD_QUERIES_ON', ('cpu', ))
+    monkeypatch.setattr(layers, 'QUERY_BUCKET', 4)
+    model = randomize_(MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8))).eval()
+    x = torch.randn(2, 3, 40, 30)
+    lengths, outs = _attention_queries(model, x, monkeypatch)
+    assert lengths == [(8, 256), (4, 64)]  # 6 and 2 image tokens asked as 8 and 4
+    monkeypatch.setattr(layers, 'QUERY_BUCKET', 1000)  # more than a window holds: capped at the window's 256 / 64
+    capped, _ = _attention_queries(model, x, monkeypatch)
+    assert capped == [(256, 256), (64, 64)]
+    monkeypatch.setattr(layers, 'PAD_QUERIES_ON', ())
+    plain, exact = _attention_queries(model, x, monkeypatch)
+    assert plain == [(6, 256), (2, 64)]
+    for a, b in zip(outs, exact):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -16,7 +16,9 @@ def _step(model, x, weights, half):
     model.zero_grad(set_to_none=True)
     with torch.autocast('cuda', dtype=torch.float16, enabled=half):
         outs = model(x)
-    sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+    # each output's term scaled by 1 / sqrt(its size): fp16 weight gradients (the stem's convolutions sum over every
+    # position) stay finite without a loss scaler, and the per-element gradients stay clear of fp16's subnormals
+    sum((o.float() * w).sum() / o.numel() ** 0.5 for o, w in zip(outs, weights)).backward()
     return [o.detach().float() for o in outs], {n: p.grad.float() for n, p in model.named_parameters()}
 
 
@@ -54,8 +56,16 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
     for i, (a, b) in enumerate(zip(out_f, out_ref)):
         bound = max(1e-4, 2 * relative(out_h[i], b)) if half else 1e-4
         assert relative(a, b) < bound, f'stage {i}: {relative(a, b):.2e} (bound {bound:.2e})'
+    # Without a loss scaler fp16 can overflow in the backward of a from-scratch model with padded windows (the stem's
+    # weight gradients came back NaN on the plain path too): such gradients say nothing about the fast path, which
+    # must overflow nowhere the plain path does not.
+    def nonfinite(grads):
+        return {name for name, grad in grads.items() if not torch.isfinite(grad).all()}
+
+    skipped = nonfinite(grads_h) if half else set()
+    assert nonfinite(grads_f) <= skipped, f'non-finite gradients only on the fast path: {nonfinite(grads_f) - skipped}'
     for name in grads_ref:
-        if bias_before_train_bn(name):
+        if bias_before_train_bn(name) or name in skipped:
             continue
         error = relative(grads_f[name], grads_ref[name])
         bound = max(5e-4, 2 * relative(grads_h[name], grads_ref[name])) if half else 5e-4

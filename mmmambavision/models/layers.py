@@ -187,6 +187,20 @@ class Mlp(nn.Module):
 # weights are recorded: a detection window of 112 x 112 tokens would otherwise need a 12544 x 12544 matrix per head.
 _RECORD_CHUNK_ELEMENTS = 1 << 24
 
+#: On these devices the cropped block's attention pads its query count up to a multiple of ``QUERY_BUCKET``
+#: (zero queries, their output rows dropped: exact, every query attends on its own). cuDNN's attention builds an
+#: execution plan per query count, a new image size under multi-scale training brings a new count, and a plan costs
+#: a noticeable pause; rounded up, a training run meets at most ``ceil(window**2 / QUERY_BUCKET)`` counts per stage.
+PAD_QUERIES_ON = ('cuda', )
+QUERY_BUCKET = 512
+
+
+def padded_query_count(tokens: int, device: torch.device) -> int:
+    """The query count the cropped attention runs with on ``device`` (``tokens`` rounded up where it pads)."""
+    if device.type not in PAD_QUERIES_ON:
+        return tokens
+    return -(-tokens // QUERY_BUCKET) * QUERY_BUCKET
+
 
 class Attention(nn.Module):
     """Multi-head self-attention over a window's tokens (qkv with bias, scaled dot product).
@@ -218,12 +232,18 @@ class Attention(nn.Module):
         tokens."""
         batch, length, dim = x.shape
         if queries is not None and not self.record_weights:
+            tokens = queries.tokens
+            asked = min(padded_query_count(tokens, x.device), length)
             q = self._project(queries.select(x), 0, dim)
-            q = q.view(batch, queries.tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            if asked > tokens:
+                q = F.pad(q, (0, 0, 0, asked - tokens))
+            q = q.view(batch, asked, self.num_heads, self.head_dim).transpose(1, 2)
             kv = self._project(x, dim, 3 * dim).view(batch, length, 2, self.num_heads, self.head_dim)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-            x = F.scaled_dot_product_attention(q, k, v)
-            return self.proj(x.transpose(1, 2).reshape(batch, queries.tokens, dim))
+            x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            if asked > tokens:
+                x = x[:, :tokens]
+            return self.proj(x.reshape(batch, tokens, dim))
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.record_weights:
