@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmambavision import MambaVision
-from mmmambavision.models import layers
+from mmmambavision.models import layers, mixer
 from float64_reference import reference_forward
 from test_backbone import SMALL_ARCH, randomize_
 
@@ -28,10 +28,13 @@ def _outputs_and_grads(model, x, weights):
 def test_gradients_match_the_float64_reference(window, size, padded, monkeypatch):
     """Outputs and every gradient (parameters and input) of the train-mode backbone in float64 against autograd
     through the independent float64 reference; the last blocks' query crop is on (the default), and with
-    ``padded`` its query count is rounded up (zero queries) as on CUDA, here to multiples of 4."""
+    ``padded`` its query count is rounded up (zero queries) and the mixers' sequences padded with zero tokens as on
+    CUDA, here to multiples of 4 and 7 (no window here holds a multiple of 7 tokens)."""
     if padded:
         monkeypatch.setattr(layers, 'PAD_QUERIES_ON', ('cpu', ))
         monkeypatch.setattr(layers, 'QUERY_BUCKET', 4)
+        monkeypatch.setattr(mixer, 'ALIGN_TOKENS_ON', ('cpu', ))
+        monkeypatch.setattr(mixer, 'TOKEN_ALIGN', 7)
     model = randomize_(MambaVision(SMALL_ARCH, window_size=window, drop_path_rate=0.), seed=3).double().eval()
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 3, *size, generator=gen, dtype=torch.float64)
@@ -123,6 +126,27 @@ def test_padded_query_counts(monkeypatch):
     assert plain == [(6, 256), (2, 64)]
     for a, b in zip(outs, exact):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mixer_aligns_its_sequence(monkeypatch):
+    """Where it aligns (CUDA), the mixer runs on its tokens followed by zero tokens up to TOKEN_ALIGN's multiple and
+    returns the real tokens' rows: the scan sees the padded length, the output equals the unpadded mixer's."""
+    assert mixer.aligned_length(49, torch.device('cpu')) == 49
+    assert mixer.aligned_length(49, torch.device('cuda')) == 56
+    assert mixer.aligned_length(196, torch.device('cuda')) == 200
+    assert mixer.aligned_length(12544, torch.device('cuda')) == 12544
+    torch.manual_seed(0)
+    module = mixer.MambaVisionMixer(16).double().eval()
+    x = torch.randn(3, 49, 16, dtype=torch.float64)
+    seen = []
+    scan = mixer.selective_scan
+    monkeypatch.setattr(mixer, 'selective_scan', lambda u, *a, **k: seen.append(u.shape[-1]) or scan(u, *a, **k))
+    plain = module(x)
+    monkeypatch.setattr(mixer, 'ALIGN_TOKENS_ON', ('cpu', ))
+    padded = module(x)
+    assert seen == [49, 56]
+    assert padded.shape == plain.shape == (3, 49, 16)
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])

@@ -1,5 +1,6 @@
 """Inference-only fast paths: they must compute what the plain modules compute."""
 import collections
+import copy
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmmambavision import MambaVision
-from mmmambavision.models.layers import Conv2d, LayerNorm, Linear
+from mmmambavision.models.layers import Conv2d, ConvBlock, LayerNorm, Linear
 from mmmambavision.models.mambavision import LayerNorm2d
 
 
@@ -185,6 +186,46 @@ def test_backbone_inference_under_autocast_is_close_to_fp32():
     for a, b in zip(out, ref):
         assert torch.isfinite(a).all()
         assert (a.float() - b).norm() / b.norm() < 3e-2
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
+def test_conv_block_inference_moves_the_bias_into_the_batchnorm(dtype, monkeypatch):
+    """In inference the conv block convolves without bias and normalises with ``running_mean - bias``: the values
+    of BN(conv(x) + bias), written out here in float64 with the conv's bias."""
+    gen = torch.Generator().manual_seed(0)
+    block = ConvBlock(8).double().eval()
+    with torch.no_grad():
+        for name, t in block.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(1 + 0.3 * torch.rand(t.shape, generator=gen, dtype=t.dtype) if name.endswith(('var', 'weight'))
+                        and 'norm' in name else 0.3 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+    x = torch.randn(2, 8, 9, 7, generator=gen, dtype=torch.float64)
+
+    def conv_bn(conv, norm, t):
+        t = F.conv2d(t, conv.weight, conv.bias, padding=1)
+        return F.batch_norm(t, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
+
+    expected = x + conv_bn(block.conv2, block.norm2,
+                           F.gelu(conv_bn(block.conv1, block.norm1, x), approximate='tanh'))
+    biases = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, 'conv2d', lambda *a, **k: biases.append(a[2] if len(a) > 2 else k.get('bias'))
+                        or conv2d(*a, **k))
+    with torch.no_grad():
+        if dtype == torch.float64:
+            out = block(x)
+        else:  # an fp32 model under autocast
+            with torch.autocast('cpu', dtype=dtype):
+                out = copy.deepcopy(block).float()(x.float())
+    assert len(biases) == 2 and all(b is None for b in biases)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    else:
+        assert (out.double() - expected).norm() / expected.norm() < 1e-2
+    with torch.enable_grad():  # training's path: the conv adds its bias
+        biases.clear()
+        torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+    assert len(biases) == 2 and all(b is not None for b in biases)
 
 
 def test_folding_batchnorm_into_convolutions_keeps_the_outputs():

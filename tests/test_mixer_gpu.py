@@ -2,8 +2,8 @@
 float64 reference mixer on CPU. Skipped without CUDA; a backend that does not import here is skipped.
 
 The mixer hands the scan strided views (x a slice of the conv output, B and C slices of the x_proj output) and
-computes its projections as batched matmuls over transposed operands: this checks that every backend reads them
-right and that gradients reach the weights.
+computes its projections as batched matmuls over transposed operands, on sequences padded with zero tokens to a
+multiple of 8: this checks that every backend reads them right and that gradients reach the weights.
 """
 import pytest
 import torch
@@ -38,9 +38,10 @@ def _relative(got, want):
 
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('half', [False, True])
-def test_mixer_on_cuda_matches_float64(backend, half, monkeypatch):
+@pytest.mark.parametrize('length', [196, 49, 64])  # padded to 200 and 56 on CUDA (aligned rows); 64 as it is
+def test_mixer_on_cuda_matches_float64(backend, half, length, monkeypatch):
     monkeypatch.setenv('MMMV_SCAN_BACKEND', backend)
-    mixer, x = _mixer_and_input()
+    mixer, x = _mixer_and_input(length=length)
     sd = {k: v.double() for k, v in mixer.state_dict().items()}
     want = reference_mixer(x.double(), sd, '')
     mixer = mixer.cuda()

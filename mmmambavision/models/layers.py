@@ -84,10 +84,23 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        x = self._conv_norm(self.conv2, self.norm2, self.act1(self._conv_norm(self.conv1, self.norm1, x)))
         if self.gamma is not None:
             x = x * self.gamma.view(1, -1, 1, 1)
         return shortcut + self.drop_path(x)
+
+    @staticmethod
+    def _conv_norm(conv: 'Conv2d', norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``norm(conv(x))``. In inference with an eval-mode BatchNorm the convolution's bias goes into the norm's
+        mean instead (``BN(y + b)`` normalises with ``running_mean - b``): the same values without the separate
+        pass that adds a convolution's bias to its output. (A BatchNorm folded into the convolution, e.g. by
+        ``mmcv.cnn.fuse_conv_bn``, leaves an ``Identity`` here: then the plain path.)"""
+        if (torch.is_grad_enabled() or conv.bias is None or not isinstance(norm, nn.BatchNorm2d) or norm.training
+                or norm.running_mean is None or conv.padding_mode != 'zeros'):
+            return norm(conv(x))
+        mean = inference_cached(norm, 'mean_minus_bias', (norm.running_mean, conv.bias),
+                                lambda: norm.running_mean - conv.bias.detach().to(norm.running_mean.dtype))
+        return F.batch_norm(conv.unbiased(x), mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
 def _no_autocast():
@@ -169,6 +182,15 @@ class Conv2d(nn.Conv2d):
         weight, bias = _half_params(self, dtype)
         with _no_autocast():
             return F.conv2d(x.to(dtype), weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def unbiased(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution without its bias (zeros padding mode), on the same paths as :meth:`forward`."""
+        dtype = half_inference_dtype(x)
+        if dtype is None:
+            return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        weight, _ = _half_params(self, dtype)
+        with _no_autocast():
+            return F.conv2d(x.to(dtype), weight, None, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Mlp(nn.Module):
@@ -345,13 +367,17 @@ class HybridBlock(nn.Module):
             y = crop.select(self.mixer(self.norm1(x)))
         if crop is not None:
             x = crop.select(x)
-        if self.gamma_1 is not None:
-            y = y * self.gamma_1
-        x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x))
-        if self.gamma_2 is not None:
-            y = y * self.gamma_2
-        return x + self.drop_path(y)
+        x = self._residual(x, y, self.gamma_1)
+        return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2)
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x + drop_path(gamma * y)``; without stochastic depth one ``addcmul`` (one pass over the tokens
+        instead of a scaling pass and an addition; with layer scale the sum is fp32 either way under autocast)."""
+        if gamma is None:
+            return x + self.drop_path(y)
+        if not self.training or self.drop_path.drop_prob == 0.:
+            return torch.addcmul(x, y, gamma)
+        return x + self.drop_path(y * gamma)
 
 
 def in_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

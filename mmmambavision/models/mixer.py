@@ -8,6 +8,21 @@ import torch.nn.functional as F
 from ..ops import selective_scan
 from .utils import compute_dtype, inference_cached
 
+#: On these devices the mixer pads its sequence with zero tokens up to a multiple of ``TOKEN_ALIGN`` (rows dropped
+#: before ``out_proj``; exact: ``in_proj`` has no bias, so a padded token is what the depthwise convolution's own
+#: zero padding reads, and the scan is causal). Its projections are batched matmuls over (channels, tokens)
+#: operands: a token count that is not a multiple of 8 (196 and 49 in classification) misaligns their rows, and
+#: cuBLAS falls back to kernels several times slower.
+ALIGN_TOKENS_ON = ('cuda', )
+TOKEN_ALIGN = 8
+
+
+def aligned_length(length: int, device: torch.device) -> int:
+    """The sequence length the mixer runs with on ``device`` (``length`` rounded up where it pads)."""
+    if device.type not in ALIGN_TOKENS_ON:
+        return length
+    return -(-length // TOKEN_ALIGN) * TOKEN_ALIGN
+
 
 class MambaVisionMixer(nn.Module):
     """MambaVision token mixer (paper Sec. 3.2) over sequences of shape (B, L, dim).
@@ -72,10 +87,13 @@ class MambaVisionMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # Channel-major (B, C, L) from the input projection on: the layout of the convolutions and the scan. Every
         # projection is a batched matmul that reads its operand transposed where needed (strided, no copy), and the
-        # scan reads x, B and C as views, so the mixer copies nothing; out_proj sums its two halves' products
-        # instead of concatenating y and z.
-        batch = hidden_states.shape[0]
+        # scan reads x, B and C as views, so the mixer copies nothing (but the zero tokens that align a sequence
+        # on CUDA, see ALIGN_TOKENS_ON); out_proj sums its two halves' products instead of concatenating y and z.
+        batch, length = hidden_states.shape[:2]
         half = self.dim // 2
+        padded = aligned_length(length, hidden_states.device)
+        if padded != length:
+            hidden_states = F.pad(hidden_states, (0, 0, 0, padded - length))
         w_in, w_x, w_dt, w_out_y, w_out_z, w_conv = self._weights(compute_dtype(hidden_states, self.in_proj.weight))
         xz = torch.bmm(w_in.expand(batch, -1, -1), hidden_states.transpose(1, 2))  # (B, dim, L)
         xz = F.silu(F.conv1d(xz, w_conv, padding='same', groups=self.dim))
@@ -87,5 +105,7 @@ class MambaVisionMixer(nn.Module):
         delta = torch.bmm(w_dt.expand(batch, -1, -1), dt)  # (B, dim / 2, L), bias in delta_bias
         A, D, delta_bias = self._scan_params()
         y = selective_scan(x, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+        if padded != length:  # views: rows of ``padded`` elements stay aligned for the matmuls
+            y, z = y[..., :length], z[..., :length]
         out = torch.bmm(y.transpose(1, 2), w_out_y.expand(batch, -1, -1))  # (B, L, dim)
         return torch.baddbmm(out, z.transpose(1, 2), w_out_z.expand(batch, -1, -1))
