@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.residual_norm import residual_norm, residual_norm_available
 from .mixer import MambaVisionMixer
 from .utils import inference_cached
 
@@ -132,6 +133,20 @@ def _half_params(module: nn.Module, dtype: torch.dtype, transpose: bool = False)
         return (weight.t() if transpose else weight), bias
     sources = (module.weight, ) if module.bias is None else (module.weight, module.bias)
     return inference_cached(module, 'half', sources, make, dtype)
+
+
+#: Devices on which half-precision inference runs each residual addition of the hybrid blocks together with the
+#: LayerNorm after it, as one kernel (:func:`mmmambavision.ops.residual_norm`; where Triton imports).
+FUSE_RESIDUAL_NORM_ON = ('cuda', )
+
+
+def fused_residual_norm_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The half dtype of the current inference call when its residual additions and LayerNorms run fused on
+    ``x``'s device, else None."""
+    dtype = half_inference_dtype(x)
+    if dtype is None or x.device.type not in FUSE_RESIDUAL_NORM_ON or not residual_norm_available(x):
+        return None
+    return dtype
 
 
 class LayerNorm(nn.LayerNorm):
@@ -369,6 +384,17 @@ class HybridBlock(nn.Module):
             x = crop.select(x)
         x = self._residual(x, y, self.gamma_1)
         return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2)
+
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, next_norm: Optional[nn.LayerNorm],
+                      dtype: torch.dtype):
+        """Inference with the residual additions fused with the LayerNorms after them: ``h`` is ``norm1(x)``
+        already; returns the block's output and ``next_norm`` of it (None without ``next_norm``)."""
+        y = self.mixer(h)
+        x, h = residual_norm(x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, dtype)
+        y = self.mlp(h)
+        if next_norm is None:
+            return self._residual(x, y, self.gamma_2), None
+        return residual_norm(x, y, self.gamma_2, next_norm.weight, next_norm.bias, next_norm.eps, dtype)
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
         """``x + drop_path(gamma * y)``; without stochastic depth one ``addcmul`` (one pass over the tokens

@@ -17,8 +17,8 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop, in_memory_format,
-                     pad_to_window, window_partition, window_reverse)
+from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop, fused_residual_norm_dtype,
+                     in_memory_format, pad_to_window, window_partition, window_reverse)
 
 
 class MambaVisionLevel(nn.Module):
@@ -66,8 +66,21 @@ class MambaVisionLevel(nn.Module):
         return self._plain_blocks(x, stop)
 
     def _plain_blocks(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        dtype = None if self.conv else fused_residual_norm_dtype(x)
+        if dtype is not None and all(b.norm1.weight is not None and b.norm2.weight is not None
+                                     for b in self.blocks[:stop]):
+            return self._fused_blocks(x, stop, dtype)
         for block in self.blocks[:stop]:
             x = self._run_block(block, x)
+        return x
+
+    def _fused_blocks(self, x: torch.Tensor, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Half-precision inference: every residual addition but the last runs together with the LayerNorm after
+        it (the block's second, the next block's first) as one kernel."""
+        h = self.blocks[0].norm1(x)
+        for i in range(stop):
+            next_norm = self.blocks[i + 1].norm1 if i + 1 < stop else None
+            x, h = self.blocks[i].forward_fused(x, h, next_norm, dtype)
         return x
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, crop: Optional[WindowCrop] = None) -> torch.Tensor:
