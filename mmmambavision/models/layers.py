@@ -144,8 +144,9 @@ def fused_residual_norm_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     """The half dtype of the current inference call when its residual additions and LayerNorms run fused on
     ``x``'s device, else None."""
     dtype = half_inference_dtype(x)
-    if dtype is None or x.device.type not in FUSE_RESIDUAL_NORM_ON or not residual_norm_available(x):
-        return None
+    if (dtype is None or x.device.type not in FUSE_RESIDUAL_NORM_ON or torch.jit.is_tracing()
+            or not residual_norm_available(x)):
+        return None  # (a trace, e.g. for ONNX, records torch's ops, not a Triton launch)
     return dtype
 
 

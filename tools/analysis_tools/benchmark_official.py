@@ -229,6 +229,12 @@ def cls_rows(args, ctx) -> List[Row]:
             rows.append(Row('cls', f'NVIDIA MambaVision-{name}', 'official', arch, skip=ctx['official_why']))
         add(f'MambaVision-{name} to stage 4 + LayerNorm', 'ours', arch, ctx['scan'],
             lambda arch=arch: ctx['MambaVision'](arch, out_indices=(3, )))
+        if cuda and triton_available():
+            add(f'MambaVision-{name} to stage 4 + LayerNorm, Triton scan', 'ours', arch, 'triton',
+                lambda arch=arch: ctx['MambaVision'](arch, out_indices=(3, )), env='triton')
+        else:
+            rows.append(Row('cls', f'MambaVision-{name} to stage 4 + LayerNorm, Triton scan', 'ours', arch, 'triton',
+                            CLS_WINDOW, skip='CUDA and Triton needed'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'],
                 lambda arch=arch, kwargs=kwargs: ctx['MambaVision'](arch, out_indices=(3, ), **kwargs))
@@ -417,15 +423,17 @@ def step_rows(task: str, args, ctx) -> List[Row]:
     device = ctx['device']
     batch, (height, width) = ctx['batch'](task), ctx['size'](task)
     window, warmup = ctx['window'](task), ctx['warmup'](task)
+    cuda = device.type == 'cuda'
     data = make_det_batch(batch, height, width) if task == 'det' else make_seg_batch(batch, height, width)
     rows = []
     settled = []
 
-    def add(label, side, arch, scan, kind, kwargs=None, like=None):
+    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None):
         row = Row(task, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
         try:
-            model, optim_wrapper = build_task_model(task, kind, arch or 'tiny', window, device, kwargs,
-                                                    size=(height, width))
+            with scan_backend(env):
+                model, optim_wrapper = build_task_model(task, kind, arch or 'tiny', window, device, kwargs,
+                                                        size=(height, width))
             if like is not None:
                 official.copy_weights(like, model)
         except Exception as error:
@@ -434,10 +442,12 @@ def step_rows(task: str, args, ctx) -> List[Row]:
             return None
 
         def step(model=model, optim_wrapper=optim_wrapper):
-            model.train_step(data, optim_wrapper)
+            with scan_backend(env):
+                model.train_step(data, optim_wrapper)
 
         def timer(runs, model=model, optim_wrapper=optim_wrapper):
-            return timed_det_steps(model, optim_wrapper, data, runs, 1, device)
+            with scan_backend(env):
+                return timed_det_steps(model, optim_wrapper, data, runs, 1, device)
 
         def warm(optim_wrapper=optim_wrapper):
             if not warmup:
@@ -458,10 +468,14 @@ def step_rows(task: str, args, ctx) -> List[Row]:
         ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
         official_row(rows, ctx, task, arch, window, lambda arch=arch, ours=ours: add(
             f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
+        if cuda and triton_available():
+            add(f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', 'ours', like=ours, env='triton')
+        else:
+            rows.append(Row(task, f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', window,
+                            skip='CUDA and Triton needed'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs)
     add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
-    cuda = device.type == 'cuda'
     what = ('Cascade Mask R-CNN + FPN (configs/det 3x)' if task == 'det' else
             'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
     ctx['notes'][task].append(
