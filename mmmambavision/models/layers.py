@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..ops.residual_norm import residual_norm, residual_norm_available
 from .mixer import MambaVisionMixer
-from .utils import inference_cached
+from .utils import inference_cached, round_up_on
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -192,21 +192,23 @@ class Conv2d(nn.Conv2d):
     The cached copy keeps the weight's memory format (channels_last after ``model.to(memory_format=...)``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = half_inference_dtype(x)
-        if dtype is None or self.padding_mode != 'zeros':
+        if self.padding_mode != 'zeros':
             return super().forward(x)
-        weight, bias = _half_params(self, dtype)
-        with _no_autocast():
-            return F.conv2d(x.to(dtype), weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._convolve(x, with_bias=True)
 
     def unbiased(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution without its bias (zeros padding mode), on the same paths as :meth:`forward`."""
+        return self._convolve(x, with_bias=False)
+
+    def _convolve(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
         dtype = half_inference_dtype(x)
         if dtype is None:
-            return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        weight, _ = _half_params(self, dtype)
+            bias = self.bias if with_bias else None
+            return F.conv2d(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        weight, bias = _half_params(self, dtype)
         with _no_autocast():
-            return F.conv2d(x.to(dtype), weight, None, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(x.to(dtype), weight, bias if with_bias else None, self.stride, self.padding,
+                            self.dilation, self.groups)
 
 
 class Mlp(nn.Module):
@@ -235,9 +237,7 @@ QUERY_BUCKET = 512
 
 def padded_query_count(tokens: int, device: torch.device) -> int:
     """The query count the cropped attention runs with on ``device`` (``tokens`` rounded up where it pads)."""
-    if device.type not in PAD_QUERIES_ON:
-        return tokens
-    return -(-tokens // QUERY_BUCKET) * QUERY_BUCKET
+    return round_up_on(tokens, QUERY_BUCKET, device, PAD_QUERIES_ON)
 
 
 class Attention(nn.Module):

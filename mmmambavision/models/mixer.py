@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan
-from .utils import compute_dtype, inference_cached
+from .utils import compute_dtype, inference_cached, round_up_on
 
 #: On these devices the mixer pads its sequence with zero tokens up to a multiple of ``TOKEN_ALIGN`` (rows dropped
 #: before ``out_proj``; exact: ``in_proj`` has no bias, so a padded token is what the depthwise convolution's own
@@ -19,9 +19,7 @@ TOKEN_ALIGN = 8
 
 def aligned_length(length: int, device: torch.device) -> int:
     """The sequence length the mixer runs with on ``device`` (``length`` rounded up where it pads)."""
-    if device.type not in ALIGN_TOKENS_ON:
-        return length
-    return -(-length // TOKEN_ALIGN) * TOKEN_ALIGN
+    return round_up_on(length, TOKEN_ALIGN, device, ALIGN_TOKENS_ON)
 
 
 class MambaVisionMixer(nn.Module):

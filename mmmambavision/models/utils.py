@@ -25,6 +25,14 @@ def inference_cached(module: nn.Module, name: str, sources: Sequence[torch.Tenso
     return hit[1]
 
 
+def round_up_on(value: int, multiple: int, device: torch.device, devices: Sequence[str]) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` where ``device``'s type is one of ``devices``, else
+    ``value`` itself (a padded length or count that only some devices' kernels want)."""
+    if device.type not in devices:
+        return value
+    return -(-value // multiple) * multiple
+
+
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype a matmul of ``x`` with ``weight`` runs in: autocast's when it is on for x's device, else the
     weight's."""

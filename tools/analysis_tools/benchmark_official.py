@@ -121,6 +121,14 @@ def scan_backend(name: Optional[str]):
             os.environ[ENV_VAR] = before
 
 
+def triton_row(rows: List[Row], cuda: bool, part: str, label: str, arch: str, window, add: Callable) -> None:
+    """Ours with the Triton scan: ``add(label)`` where CUDA and Triton are there, else the row, skipped, saying so."""
+    if cuda and triton_available():
+        add(label)
+    else:
+        rows.append(Row(part, label, 'ours', arch, 'triton', window, skip='CUDA and Triton needed'))
+
+
 def kwargs_label(kwargs: dict) -> str:
     return ', '.join(f'{k}={json.dumps(v)}' for k, v in kwargs.items())
 
@@ -229,12 +237,9 @@ def cls_rows(args, ctx) -> List[Row]:
             rows.append(Row('cls', f'NVIDIA MambaVision-{name}', 'official', arch, skip=ctx['official_why']))
         add(f'MambaVision-{name} to stage 4 + LayerNorm', 'ours', arch, ctx['scan'],
             lambda arch=arch: ctx['MambaVision'](arch, out_indices=(3, )))
-        if cuda and triton_available():
-            add(f'MambaVision-{name} to stage 4 + LayerNorm, Triton scan', 'ours', arch, 'triton',
-                lambda arch=arch: ctx['MambaVision'](arch, out_indices=(3, )), env='triton')
-        else:
-            rows.append(Row('cls', f'MambaVision-{name} to stage 4 + LayerNorm, Triton scan', 'ours', arch, 'triton',
-                            CLS_WINDOW, skip='CUDA and Triton needed'))
+        triton_row(rows, cuda, 'cls', f'MambaVision-{name} to stage 4 + LayerNorm, Triton scan', arch, CLS_WINDOW,
+                   lambda label, arch=arch: add(label, 'ours', arch, 'triton',
+                                                lambda: ctx['MambaVision'](arch, out_indices=(3, )), env='triton'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'],
                 lambda arch=arch, kwargs=kwargs: ctx['MambaVision'](arch, out_indices=(3, ), **kwargs))
@@ -310,12 +315,9 @@ def backbone_rows(args, ctx) -> List[Row]:
             f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN,
             lambda: official.OfficialBackbone(arch, window),
             init=(lambda model: official.copy_weights(ours, model)) if ours is not None else None), front=True)
-        if cuda and triton_available():
-            add(f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton',
-                lambda arch=arch: ctx['MambaVision'](arch, window_size=window), env='triton')
-        else:
-            rows.append(Row('backbone', f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', window,
-                            skip='CUDA and Triton needed'))
+        triton_row(rows, cuda, 'backbone', f'MambaVision-{name}, Triton scan', arch, window,
+                   lambda label, arch=arch: add(label, 'ours', arch, 'triton',
+                                                lambda: ctx['MambaVision'](arch, window_size=window), env='triton'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'],
                 lambda arch=arch, kwargs=kwargs: ctx['MambaVision'](arch, window_size=window, **kwargs))
@@ -468,11 +470,9 @@ def step_rows(task: str, args, ctx) -> List[Row]:
         ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
         official_row(rows, ctx, task, arch, window, lambda arch=arch, ours=ours: add(
             f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
-        if cuda and triton_available():
-            add(f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', 'ours', like=ours, env='triton')
-        else:
-            rows.append(Row(task, f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', window,
-                            skip='CUDA and Triton needed'))
+        triton_row(rows, cuda, task, f'MambaVision-{name}, Triton scan', arch, window,
+                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
+                                                           env='triton'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs)
     add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
