@@ -17,8 +17,9 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop, fused_residual_norm_dtype,
-                     in_memory_format, pad_to_window, window_partition, window_reverse)
+from .cuda_graph import GraphCache, graph_applicable, graph_settings
+from .layers import (Attention, ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop,
+                     fused_residual_norm_dtype, in_memory_format, pad_to_window, window_partition, window_reverse)
 
 
 class MambaVisionLevel(nn.Module):
@@ -192,6 +193,13 @@ class MambaVision(BaseModule):
             break). Compilation costs seconds to minutes at the first forward and again for each new shape of the
             window sequences (fixed at detection and segmentation scale, where the windows are). Outputs equal the
             eager ones to float rounding. Off by default.
+        cuda_graph: inference (eval mode, no autograd, CUDA) replayed from CUDA graphs, one per input shape
+            (and dtype, memory format, autocast state): ``True``, or ``dict(max_shapes=N)`` for graphs of up to N
+            shapes (default 4; inputs of further shapes run eagerly). At batch 1 the eager forward is bound by
+            the host launching its kernels (mmseg's sliding-window test, a detector's test); a replay launches
+            them all at once. Each new shape costs three forwards (two warm-up, one captured) and keeps the
+            graph's activation memory. Outputs are the eager ones (the same kernels), returned as new tensors.
+            Training, autograd, CPU and ``torch.compile`` / tracing are unaffected. Off by default.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint='checkpoints/x.pth.tar')``.
     """
 
@@ -218,6 +226,7 @@ class MambaVision(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  compile: Union[bool, dict] = False,
+                 cuda_graph: Union[bool, dict] = False,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
         arch = self._resolve_arch(arch)
@@ -236,6 +245,7 @@ class MambaVision(BaseModule):
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be an int in -1..4, got {frozen_stages!r}')
         compile_options, compile_stages = self._compile_settings(compile)
+        max_graphs = graph_settings(cuda_graph)
         if drop_path_rate is None:
             drop_path_rate = arch.get('drop_path_rate', 0.)
         if not 0. <= drop_path_rate < 1.:
@@ -266,6 +276,8 @@ class MambaVision(BaseModule):
         for i in out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))
         self._freeze_stages()
+        self._graphs = GraphCache(max_graphs) if max_graphs is not None else None
+        self._graph_tensors: Optional[Tuple[torch.Tensor, ...]] = None  # parameters and buffers, listed on use
 
     @classmethod
     def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
@@ -318,12 +330,20 @@ class MambaVision(BaseModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
+        # ``model.eval()`` lists the parameters afresh for the CUDA graphs (modules replaced since, e.g. by
+        # folding BatchNorm into convolutions, are seen); their tensors' addresses and versions are checked per call
+        self._graph_tensors = None
         self._freeze_stages()
         if mode and self.norm_eval:
             for module in self.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()
         return self
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._graph_tensors = None  # .to() / .cuda() / .half() may have made new parameters
+        return result
 
     def init_weights(self) -> None:
         pretrained = self._pretrained_cfg()
@@ -358,6 +378,15 @@ class MambaVision(BaseModule):
             raise ValueError(f'MambaVision expects input x of shape (N, C, H, W), got {tuple(x.shape)}')
         if x.shape[1] != self.in_channels:
             raise ValueError(f'input x has {x.shape[1]} channels but in_channels={self.in_channels}')
+        if self._graphs is not None and not self.training and graph_applicable(x):
+            if self._graph_tensors is None:
+                self._graph_tensors = tuple(self.parameters()) + tuple(self.buffers())
+                self._attentions = [m for m in self.modules() if isinstance(m, Attention)]
+            if not any(m.record_weights for m in self._attentions):  # recording runs Python per call
+                return self._graphs(self, self._forward, x, self._graph_tensors)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         # The stages run channels_last whatever the input's layout (cuDNN's convolutions and BatchNorm take NHWC
         # natively, and a window is then a view of the map); the outputs come back in the input's layout.
         channels_last = x.is_contiguous(memory_format=torch.channels_last)

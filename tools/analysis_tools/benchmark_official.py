@@ -3,7 +3,10 @@
 Parts (``--parts``, default all): ``cls`` classification inference (eval, fp16 autocast, channels_last, batch 128,
 224 px, img/s); ``backbone`` the det-scale backbone alone (train, fp16 autocast, forward + backward, 2 x 800x1344,
 windows 8 8 112 56); ``det`` one Cascade Mask R-CNN training step (configs/det, AMP); ``seg`` one UperNet training
-step (configs/seg, AMP, 2 x 512x512, windows 8 8 64 32). Every row of a part is built first and kept on the device;
+step (configs/seg, AMP, 2 x 512x512, windows 8 8 64 32); ``det-test`` / ``seg-test`` one test step of those models on
+one image (eval, fp32 as mmengine's test loop runs it; 800x1088 and 512x683, the most common sizes of COCO and
+ADE20K val; their windows follow --window / --seg-window), with a row of ours replayed from CUDA graphs
+(``cuda_graph=True``). Every row of a part is built first and kept on the device;
 the rows are then timed in turns (``--rounds``: each round times ``--runs`` steps of every row after one untimed
 step, the order reversed every other round) and each row's figure is the median over all its timed steps, so
 warm-up and clock drift bias no row. Peak memory is measured per row in a separate pass before the rounds. The
@@ -43,7 +46,7 @@ from mmmambavision.utils import window_side
 from timing import graph_times, non_negative_int, positive_int, synced_times
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-PARTS = ('cls', 'backbone', 'det', 'seg')
+PARTS = ('cls', 'backbone', 'det', 'seg', 'det-test', 'seg-test')
 SEG_CONFIGS = {'tiny': 'configs/seg/upernet_mambavision_t_160k_ade20k.py',
                'small': 'configs/seg/upernet_mambavision_s_160k_ade20k.py',
                'base': 'configs/seg/upernet_mambavision_b_160k_ade20k.py'}
@@ -65,6 +68,10 @@ DEFAULTS = {
         backbone=dict(archs=['t'], batch=2, size=(800, 1344), window=(8, 8, 112, 56), warmup=5, runs=10),
         det=dict(archs=['t'], batch=2, size=(800, 1344), window=(8, 8, 112, 56), warmup=5, runs=10),
         seg=dict(archs=['t'], batch=2, size=(512, 512), window=(8, 8, 64, 32), warmup=5, runs=10),
+        # the test steps: one image, the most common size of COCO val (640x480 -> 800x1067, padded to 32) and of
+        # ADE20K val (4:3, short side 512)
+        **{'det-test': dict(archs=['t'], batch=1, size=(800, 1088), window=(8, 8, 112, 56), warmup=5, runs=10),
+           'seg-test': dict(archs=['t'], batch=1, size=(512, 683), window=(8, 8, 64, 32), warmup=5, runs=10)},
         rounds=3),
     # The published windows pad stage 3 to 112x112 tokens whatever the image size: minutes per step on one CPU
     # core. The CPU defaults keep their idea (one padded window per image) at a small size.
@@ -74,6 +81,8 @@ DEFAULTS = {
         det=dict(archs=['t'], batch=1, size=(128, 192), window=(8, 8, 16, 8), warmup=0, runs=1),
         # batch 2: UperNet's pooling module normalises 1x1 maps over the batch in training
         seg=dict(archs=['t'], batch=2, size=(128, 128), window=(8, 8, 16, 8), warmup=0, runs=1),
+        **{'det-test': dict(archs=['t'], batch=1, size=(128, 192), window=(8, 8, 16, 8), warmup=0, runs=1),
+           'seg-test': dict(archs=['t'], batch=1, size=(128, 160), window=(8, 8, 16, 8), warmup=0, runs=1)},
         rounds=1),
 }
 MIN_SIZE = 32
@@ -490,6 +499,64 @@ def step_rows(task: str, args, ctx) -> List[Row]:
     return rows
 
 
+def test_rows(task: str, args, ctx) -> List[Row]:
+    """The det / seg test step (``model.test_step`` on one image, eval, fp32 as mmengine's test loop runs it,
+    the config's test_cfg): ours, NVIDIA's, ours with the Triton scan, ours with ``cuda_graph=True``, each
+    --ours-kwargs variant (all starting from ours' weights), Swin-T."""
+    from benchmark_det import make_det_batch
+    part = f'{task}-test'
+    device = ctx['device']
+    batch, (height, width) = ctx['batch'](part), ctx['size'](part)
+    window, warmup = ctx['window'](part), ctx['warmup'](part)
+    cuda = device.type == 'cuda'
+    data = make_det_batch(batch, height, width) if task == 'det' else make_seg_batch(batch, height, width)
+    rows = []
+
+    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None):
+        row = Row(part, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
+        try:
+            with scan_backend(env):
+                model, _ = build_task_model(task, kind, arch or 'tiny', window, device, kwargs)
+            if like is not None:
+                official.copy_weights(like, model)
+            model.eval()
+        except Exception as error:
+            row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+            rows.append(row)
+            return None
+
+        def step(model=model):
+            with torch.no_grad(), scan_backend(env):
+                model.test_step(data)
+
+        row.timer = lambda runs, step=step: (synced_times(step, runs, 1, device), 0)
+        row.peak_fn = lambda step=step: peak_of(step, device)
+        warm_and_peak(row, lambda: synced_times(step, warmup, 0, device), device)
+        rows.append(row)
+        return model
+
+    for arch in ctx['archs'](part):
+        name = LETTERS[arch]
+        ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
+        official_row(rows, ctx, part, arch, window, lambda arch=arch, ours=ours: add(
+            f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
+        triton_row(rows, cuda, part, f'MambaVision-{name}, Triton scan', arch, window,
+                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
+                                                           env='triton'))
+        for kwargs in [dict(cuda_graph=True)] * cuda + args.ours_kwargs:
+            add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs,
+                like=ours)
+    add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
+    what = ('Cascade Mask R-CNN + FPN (configs/det 3x)' if task == 'det' else
+            'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
+    ctx['notes'][part].append(
+        f'one test_step of {what}: batch {batch} x {height}x{width}, eval, fp32 (mmengine\'s test loop), the '
+        'config\'s test_cfg, SyncBN as BN, random weights; NVIDIA\'s model and the variants of ours start from the '
+        'weights of ours' + ('; cuda_graph=true: the backbone replayed from a CUDA graph (captured in the warm-up)'
+                             if cuda else ''))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------------- tables
 def value_of(row: Row) -> Optional[float]:
     """img/s in the cls part, ms per step otherwise."""
@@ -668,8 +735,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         print(f'NVIDIA model: skipped ({why})')
     checks = equality_checks(args, ctx) if args.equality_check else []
     all_rows = []
-    builders = dict(cls=cls_rows, backbone=backbone_rows, det=lambda a, c: step_rows('det', a, c),
-                    seg=lambda a, c: step_rows('seg', a, c))
+    builders = {'cls': cls_rows, 'backbone': backbone_rows, 'det': lambda a, c: step_rows('det', a, c),
+                'seg': lambda a, c: step_rows('seg', a, c), 'det-test': lambda a, c: test_rows('det', a, c),
+                'seg-test': lambda a, c: test_rows('seg', a, c)}
     for part in [p for p in PARTS if p in args.parts]:
         # cuDNN's autotuner for the fixed-shape parts; the training steps as the configs run them (mmengine's
         # default env_cfg, no autotuner: the RoI and mask heads see new shapes at every step, each one tuned anew)
@@ -706,14 +774,16 @@ def part_settings(args, conf: dict) -> Dict[str, Callable]:
                                                    or conf[part]['archs'])]
 
     def batch(part):
-        return (args.cls_batch_size if part == 'cls' else args.batch_size) or conf[part]['batch']
+        given = {'cls': args.cls_batch_size, 'det-test': None, 'seg-test': None}
+        return given.get(part, args.batch_size) or conf[part]['batch']
 
     def size(part):
-        given = {'cls': (args.img_size, args.img_size) if args.img_size else None, 'seg': args.seg_size}
+        given = {'cls': (args.img_size, args.img_size) if args.img_size else None, 'seg': args.seg_size,
+                 'det-test': None, 'seg-test': None}
         return tuple(given.get(part, args.size) or conf[part]['size'])
 
     def window(part):
-        given = {'cls': None, 'seg': args.seg_window}
+        given = {'cls': None, 'seg': args.seg_window, 'seg-test': args.seg_window}
         return tuple(given.get(part, args.window) or conf[part]['window'])
 
     def warmup(part):
