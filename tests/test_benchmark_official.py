@@ -3,6 +3,7 @@ as a backbone, weight copy, equality check): the CLI on CPU (our rows, the skip 
 the rows timed in turns, the ratios; OfficialBackbone against ours through a stand-in for NVIDIA's package built from
 our own modules; against the real package where it is installed."""
 import csv
+import json
 import sys
 import types
 
@@ -45,8 +46,33 @@ def test_cli_on_cpu_prints_our_rows_and_skips_nvidia(tmp_path):
     assert rows[0]['gpu'] == 'cpu' and rows[0]['torch'] == torch.__version__ and rows[0]['commit']
 
 
+@pytest.mark.slow
+def test_cli_test_step_parts_on_cpu(tmp_path):
+    """det-test / seg-test: mmdet's and mmseg's test_step of the configs' models, ours and Swin-T timed (NVIDIA's
+    skipped here, the Triton and CUDA-graph rows need CUDA), one image per step."""
+    out = tmp_path / 'rows.json'
+    result = run_tool('tools/analysis_tools/benchmark_official.py', '--parts', 'det-test', 'seg-test',
+                      '--no-equality-check', '--out', str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for part in ('det-test', 'seg-test'):
+        start = lines.index(part)
+        assert lines[start + 1].startswith('| model | scan | ms (median) |')
+        body = lines[start + 3:lines.index('', start)]  # to the blank line after the table's notes
+        ours = next(line for line in body if line.startswith('| MambaVision-T |'))
+        assert float(ours.split('|')[3]) > 0
+        assert any(line.startswith('| Swin-T (window 7) |') and 'skipped' not in line for line in body)
+        assert any(line.startswith('| MambaVision-T, Triton scan |') and 'skipped (CUDA and Triton needed)' in line
+                   for line in body)
+    rows = json.loads(out.read_text())
+    assert {row['part'] for row in rows} == {'det-test', 'seg-test'}
+    timed = {row['part']: row for row in rows if row['model'] == 'MambaVision-T'}
+    assert timed['det-test']['batch'] == 1 and timed['det-test']['size'] == '128x192'
+    assert timed['seg-test']['size'] == '128x160' and timed['seg-test']['timed_steps'] == 1
+
+
 @pytest.mark.parametrize('argv, words', [
-    (['--parts', 'det', 'nope'], ['argument --parts', "'nope'", 'cls', 'backbone', 'det', 'seg']),
+    (['--parts', 'det', 'nope'], ['argument --parts', "'nope'", 'cls', 'backbone', 'det', 'seg', 'seg-test']),
     (['--archs', 'huge'], ['argument --archs', "'huge'", 'tiny', 'small', 'base']),
     (['--ours-kwargs', '[1]'], ['argument --ours-kwargs', 'JSON object']),
     (['--ours-kwargs', '{compile: 1}'], ['argument --ours-kwargs', 'JSON object']),
