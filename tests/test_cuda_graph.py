@@ -68,6 +68,9 @@ def test_one_capture_per_input_key_and_eager_past_max_shapes():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             autocast_key = GraphCache.input_key(torch.randn(2, 4))
         assert autocast_key != GraphCache.input_key(torch.randn(2, 4))
+        with torch.inference_mode():
+            inference_key = GraphCache.input_key(torch.randn(2, 4))
+        assert inference_key != GraphCache.input_key(torch.randn(2, 4))
 
 
 def test_parameter_changes_drop_every_graph():
@@ -134,6 +137,7 @@ def test_backbone_sends_eval_inference_to_the_graphs(graphed):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert model._graphs.captures == 1 and StandInCapture.made[0].replays == 2
     model.train()
+    assert model._graphs.graphs == {}  # training gets the graphs' memory back
     with torch.no_grad():
         model(x)
     model.eval()
@@ -142,6 +146,9 @@ def test_backbone_sends_eval_inference_to_the_graphs(graphed):
         model(x)
     assert attentions[0].attn_weights is not None  # recorded, so eager
     assert model._graphs.captures == 1 and StandInCapture.made[0].replays == 2
+    with torch.no_grad():
+        model(x)  # eval again: captured anew
+    assert model._graphs.captures == 2
 
 
 def test_backbone_lists_its_tensors_again_after_eval_and_to(graphed):

@@ -70,7 +70,8 @@ class CapturedForward:
 
 
 class GraphCache:
-    """Graphs of ``forward`` for up to ``max_shapes`` input keys (shape, strides, dtype, device, autocast state);
+    """Graphs of ``forward`` for up to ``max_shapes`` input keys (shape, strides, dtype, device, autocast state,
+    inference mode);
     an input of a further key runs ``forward`` eagerly (capturing costs three forwards and the graph's memory;
     a detector tested at many image sizes would fill the cache with graphs it rarely replays).
 
@@ -91,6 +92,7 @@ class GraphCache:
         self.captures = 0  # graphs captured so far (every capture, also those dropped on invalidation)
 
     def clear(self) -> None:
+        """Drops every graph (and with it its memory pool)."""
         self.graphs.clear()
 
     def __getstate__(self) -> dict:
@@ -104,8 +106,9 @@ class GraphCache:
     def input_key(x: torch.Tensor) -> tuple:
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
+        # inference mode too: a buffer made under it cannot be written outside it
         return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast,
-                torch.get_autocast_dtype(device_type) if autocast else None)
+                torch.get_autocast_dtype(device_type) if autocast else None, torch.is_inference_mode_enabled())
 
     @staticmethod
     def state_key(tensors: Sequence[torch.Tensor]) -> tuple:

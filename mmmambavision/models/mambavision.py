@@ -333,6 +333,8 @@ class MambaVision(BaseModule):
         # ``model.eval()`` lists the parameters afresh for the CUDA graphs (modules replaced since, e.g. by
         # folding BatchNorm into convolutions, are seen); their tensors' addresses and versions are checked per call
         self._graph_tensors = None
+        if mode and self._graphs is not None:  # their memory is training's now; the next validation captures anew
+            self._graphs.clear()
         self._freeze_stages()
         if mode and self.norm_eval:
             for module in self.modules():
