@@ -405,6 +405,38 @@ def build_task_model(task: str, kind: str, arch: str, window, device: torch.devi
     return build_for_training(cfg, MODELS, device)
 
 
+def part_inputs(ctx, part: str, task: str):
+    """(device, cuda, batch, (height, width), windows, warm-up steps, synthetic batch) of a det / seg part."""
+    from benchmark_det import make_det_batch
+    device = ctx['device']
+    batch, (height, width) = ctx['batch'](part), ctx['size'](part)
+    data = make_det_batch(batch, height, width) if task == 'det' else make_seg_batch(batch, height, width)
+    return device, device.type == 'cuda', batch, (height, width), ctx['window'](part), ctx['warmup'](part), data
+
+
+def task_model_name(task: str) -> str:
+    return ('Cascade Mask R-CNN + FPN (configs/det 3x)' if task == 'det' else
+            'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
+
+
+def task_model_rows(rows: List[Row], ctx, part: str, window, add: Callable, cuda: bool, variants: List[dict]):
+    """The rows of a det / seg part through its ``add(label, side, arch, scan, kind, kwargs=, like=, env=)``: per
+    arch of the part ours, NVIDIA's, ours with the Triton scan and ours built with each of ``variants`` (keyword
+    arguments of MambaVision), all starting from the weights of ours; then Swin-T."""
+    for arch in ctx['archs'](part):
+        name = LETTERS[arch]
+        ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
+        official_row(rows, ctx, part, arch, window, lambda arch=arch, ours=ours: add(
+            f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
+        triton_row(rows, cuda, part, f'MambaVision-{name}, Triton scan', arch, window,
+                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
+                                                           env='triton'))
+        for kwargs in variants:
+            add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs,
+                like=ours)
+    add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
+
+
 def make_seg_batch(batch: int, height: int, width: int, seed: int = 0, num_classes: int = 150) -> dict:
     """A collated batch as mmseg's training pipeline gives it to SegDataPreProcessor: uint8 CHW images and
     SegDataSamples whose gt_sem_seg (PixelData) is a map of random class blocks (16x16 pixels) with an ignored
@@ -430,12 +462,8 @@ def make_seg_batch(batch: int, height: int, width: int, seed: int = 0, num_class
 def step_rows(task: str, args, ctx) -> List[Row]:
     """The det / seg training step: ours, NVIDIA's (its detector / segmentor starting from ours' weights), each
     --ours-kwargs variant, Swin-T; per arch of --archs."""
-    from benchmark_det import make_det_batch, settle_loss_scaler, timed_det_steps
-    device = ctx['device']
-    batch, (height, width) = ctx['batch'](task), ctx['size'](task)
-    window, warmup = ctx['window'](task), ctx['warmup'](task)
-    cuda = device.type == 'cuda'
-    data = make_det_batch(batch, height, width) if task == 'det' else make_seg_batch(batch, height, width)
+    from benchmark_det import settle_loss_scaler, timed_det_steps
+    device, cuda, batch, (height, width), window, warmup, data = part_inputs(ctx, task, task)
     rows = []
     settled = []
 
@@ -474,24 +502,13 @@ def step_rows(task: str, args, ctx) -> List[Row]:
         rows.append(row)
         return model
 
-    for arch in ctx['archs'](task):
-        name = LETTERS[arch]
-        ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
-        official_row(rows, ctx, task, arch, window, lambda arch=arch, ours=ours: add(
-            f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
-        triton_row(rows, cuda, task, f'MambaVision-{name}, Triton scan', arch, window,
-                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
-                                                           env='triton'))
-        for kwargs in args.ours_kwargs:
-            add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs)
-    add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
-    what = ('Cascade Mask R-CNN + FPN (configs/det 3x)' if task == 'det' else
-            'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
+    task_model_rows(rows, ctx, task, window, add, cuda, args.ours_kwargs)
     ctx['notes'][task].append(
-        f'one train_step of {what}: batch {batch} x {height}x{width}, synthetic ground truth, '
+        f'one train_step of {task_model_name(task)}: batch {batch} x {height}x{width}, synthetic ground truth, '
         + ('AMP (the config\'s AmpOptimWrapper, fp16)' if cuda else 'fp32 (no CUDA)')
-        + ', the config\'s AdamW, SyncBN as BN, no pretrained weights; NVIDIA\'s model starts from the weights of '
-        'ours' + ('; warm-up steps, then more until the AMP loss scaler stops skipping' if cuda else ''))
+        + ', the config\'s AdamW, SyncBN as BN, no pretrained weights; NVIDIA\'s model and the variants of ours '
+        'start from the weights of ours' + ('; warm-up steps, then more until the AMP loss scaler stops skipping'
+                                            if cuda else ''))
     for row, calls in settled:
         if calls > 3:
             ctx['notes'][task].append(f'{row.label}: {calls} extra warm-up steps until the AMP loss scaler took two '
@@ -503,13 +520,8 @@ def test_rows(task: str, args, ctx) -> List[Row]:
     """The det / seg test step (``model.test_step`` on one image, eval, fp32 as mmengine's test loop runs it,
     the config's test_cfg): ours, NVIDIA's, ours with the Triton scan, ours with ``cuda_graph=True``, each
     --ours-kwargs variant (all starting from ours' weights), Swin-T."""
-    from benchmark_det import make_det_batch
     part = f'{task}-test'
-    device = ctx['device']
-    batch, (height, width) = ctx['batch'](part), ctx['size'](part)
-    window, warmup = ctx['window'](part), ctx['warmup'](part)
-    cuda = device.type == 'cuda'
-    data = make_det_batch(batch, height, width) if task == 'det' else make_seg_batch(batch, height, width)
+    device, cuda, batch, (height, width), window, warmup, data = part_inputs(ctx, part, task)
     rows = []
 
     def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None):
@@ -535,25 +547,12 @@ def test_rows(task: str, args, ctx) -> List[Row]:
         rows.append(row)
         return model
 
-    for arch in ctx['archs'](part):
-        name = LETTERS[arch]
-        ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
-        official_row(rows, ctx, part, arch, window, lambda arch=arch, ours=ours: add(
-            f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
-        triton_row(rows, cuda, part, f'MambaVision-{name}, Triton scan', arch, window,
-                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
-                                                           env='triton'))
-        for kwargs in [dict(cuda_graph=True)] * cuda + args.ours_kwargs:
-            add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs,
-                like=ours)
-    add('Swin-T (window 7)', 'reference', None, '', 'swin', like=None)
-    what = ('Cascade Mask R-CNN + FPN (configs/det 3x)' if task == 'det' else
-            'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
+    task_model_rows(rows, ctx, part, window, add, cuda, [dict(cuda_graph=True)] * cuda + args.ours_kwargs)
     ctx['notes'][part].append(
-        f'one test_step of {what}: batch {batch} x {height}x{width}, eval, fp32 (mmengine\'s test loop), the '
-        'config\'s test_cfg, SyncBN as BN, random weights; NVIDIA\'s model and the variants of ours start from the '
-        'weights of ours' + ('; cuda_graph=true: the backbone replayed from a CUDA graph (captured in the warm-up)'
-                             if cuda else ''))
+        f'one test_step of {task_model_name(task)}: batch {batch} x {height}x{width}, eval, fp32 (mmengine\'s test '
+        'loop), the config\'s test_cfg, SyncBN as BN, random weights; NVIDIA\'s model and the variants of ours start '
+        'from the weights of ours' + ('; cuda_graph=true: the backbone replayed from a CUDA graph (captured in the '
+                                      'warm-up)' if cuda else ''))
     return rows
 
 
