@@ -8,10 +8,10 @@ it runs the forward twice on a side stream (cuDNN's algorithm search, Triton's c
 half-precision weights happen there), captures a third call, and from then on copies each input into the graph's
 input buffer, replays, and returns copies of the graph's outputs (the next replay overwrites its buffers).
 
-A replay runs the kernels chosen at capture on the parameters' storage at capture time: parameters updated in place
-(``load_state_dict``, an optimiser) are read as they are, and a parameter replaced by another tensor
-(``model.to(...)``, ``.half()``) or changed in place invalidates every graph, as does a new in-place version of any
-parameter or buffer (the cached half-precision copies of the weights would otherwise be stale).
+A replay runs the kernels chosen at capture on the tensors of the capture: the parameters' storage and the cached
+half-precision copies made from them. So every call first checks each parameter's and buffer's storage address and
+in-place version: a parameter replaced by another tensor (``model.to(...)``, ``.half()``) or changed in place
+(``load_state_dict``, an optimiser step) drops every graph, and the next call captures anew.
 """
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -71,9 +71,8 @@ class CapturedForward:
 
 class GraphCache:
     """Graphs of ``forward`` for up to ``max_shapes`` input keys (shape, strides, dtype, device, autocast state,
-    inference mode);
-    an input of a further key runs ``forward`` eagerly (capturing costs three forwards and the graph's memory;
-    a detector tested at many image sizes would fill the cache with graphs it rarely replays).
+    inference mode); an input of a further key runs ``forward`` eagerly (capturing costs three forwards and the
+    graph's memory; a detector tested at many image sizes would fill the cache with graphs it rarely replays).
 
     Args:
         max_shapes: graphs kept, at least 1.
