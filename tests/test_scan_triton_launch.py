@@ -204,6 +204,32 @@ def test_launch_goes_through_the_launcher_from_the_second_call_on(fake_launcher)
     assert len(kernel.compiled.launches) == 2  # compiled again first
 
 
+def test_launch_skips_the_metadata_when_no_hook_is_registered():
+    """Triton >= 3.5 keeps an empty HookChain as each launch hook (never None) and builds the launch metadata for it
+    at every launch: with no hook registered the direct launch passes None for all three, else what Triton would."""
+    class Chain:  # as triton.knobs.HookChain
+        def __init__(self, calls):
+            self.calls = calls
+
+    driver = types.SimpleNamespace(active=types.SimpleNamespace(get_current_device=lambda: 0,
+                                                                 get_current_stream=lambda device: 99))
+    x = torch.zeros(8)
+    for enter, leave, expect_metadata in ((None, None, False), (Chain([]), Chain([]), False),
+                                          (Chain([print]), Chain([]), True), (None, Chain([print]), True),
+                                          ('enter', None, True)):
+        hooks = types.SimpleNamespace(runtime=types.SimpleNamespace(launch_enter_hook=enter, launch_exit_hook=leave))
+        launch = DirectLauncher(driver=driver, knobs=hooks, jit_type=FakeJIT)
+        kernel = FakeJIT([param('x_ptr', False), param('BLOCK', True)])
+        for _ in range(2):
+            launch(kernel, (2, ), (x, ), dict(BLOCK=4))
+        [call] = kernel.compiled.launches
+        if expect_metadata:
+            assert call[6:9] == (('launch metadata', (2, ), 99, 2), enter, leave)
+        else:
+            assert call[6:9] == (None, None, None)
+        assert call[9] is x and call[10:] == (4, )
+
+
 def test_launch_falls_back_to_kernel_getitem(fake_launcher):
     kernel = FakeJIT([param('x_ptr', False), param('BLOCK', True), param('y_ptr', False)])  # not launchable
     x = torch.zeros(4)

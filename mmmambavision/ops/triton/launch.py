@@ -5,7 +5,8 @@ key before the launch itself, several times the host time of the driver call; th
 three kernels per call, and eager inference is bound by host time per call. ``DirectLauncher`` keeps the compiled
 kernel that the first ``kernel[grid]`` call returns, under everything Triton specialises on (each tensor's dtype
 and 16-byte alignment, every other argument's value, the constexprs and launch options, the grid, the device), and
-from the second call on calls its launcher as ``JITFunction.run`` would.
+from the second call on calls its launcher as ``JITFunction.run`` would - but without building the launch metadata
+and passing the launch hooks where no hook is registered (Triton builds them at every launch).
 
 It relies on Triton internals (``CompiledKernel.run``/``function``/``packed_metadata``/``launch_metadata``,
 ``triton.knobs``, ``JITFunction.params``), so every step falls back to ``kernel[grid]`` when they are not as
@@ -47,6 +48,16 @@ def direct_entry(kernel, compiled, n_args: int, options: dict):
         return False
 
 
+def _idle(hook) -> bool:
+    """Whether a launch hook would do nothing: None, or a chain of hooks that is empty (Triton >= 3.5 keeps a
+    ``HookChain`` there, never None, and builds the launch metadata for it at every launch; the launcher skips a
+    None hook)."""
+    if hook is None:
+        return True
+    calls = getattr(hook, 'calls', None)
+    return isinstance(calls, list) and not calls
+
+
 class DirectLauncher:
     """``launcher(kernel, grid, args, options)`` does ``kernel[grid](*args, **options)``: ``args`` the runtime
     parameters in order (tensors and ints), ``options`` the constexprs and launch options (num_warps,
@@ -78,7 +89,7 @@ class DirectLauncher:
         driver = self.driver.active
         device = driver.get_current_device()
         key = (kernel, grid, device, tuple(options.items()),
-               tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args))
+               tuple([(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args]))
         entry = self.cache.get(key)
         if entry is None:
             compiled = kernel[grid](*args, **options)
@@ -93,8 +104,13 @@ class DirectLauncher:
         stream = driver.get_current_stream(device)
         values = args + tail
         hooks = self.knobs.runtime
+        enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+        if _idle(enter) and _idle(leave):  # no hook to call: no launch metadata to build for one
+            enter = leave = info = None
+        else:
+            info = launch_metadata(grid, stream, *values)
         run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream, function, metadata,
-            launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook, *values)
+            info, enter, leave, *values)
 
 
 # the launcher the scan uses
