@@ -41,12 +41,26 @@ def _load_kernel():
     return _kernel or None
 
 
-def _launch_shape(rows: int, width: int) -> Tuple[tuple, dict]:
+# (rows, width, has gamma) -> _launch_shape(...): a model normalises a handful of shapes, and building the grid
+# and the options dict is host time at every call
+_SHAPES: dict = {}
+_SHAPES_SIZE = 256
+
+
+def _launch_shape(rows: int, width: int, has_gamma: bool = False) -> Tuple[tuple, dict]:
     """Grid and constexprs: a program normalises ``BLOCK_M`` rows of ``BLOCK_N`` (``width`` rounded up to a power
     of two) columns, about 4096 elements."""
-    block_n = 1 << max(width - 1, 0).bit_length()
-    block_m = max(1, min(16, 4096 // block_n))
-    return (-(-rows // block_m), ), dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_n >= 2048 else 4)
+    key = (rows, width, has_gamma)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        block_n = 1 << max(width - 1, 0).bit_length()
+        block_m = max(1, min(16, 4096 // block_n))
+        shape = ((-(-rows // block_m), ), dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_GAMMA=has_gamma,
+                                                num_warps=8 if block_n >= 2048 else 4))
+        if len(_SHAPES) >= _SHAPES_SIZE:  # only ever new shapes get here: start over
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
 
 
 def residual_norm(x: Tensor, y: Tensor, gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float,
@@ -63,7 +77,9 @@ def residual_norm(x: Tensor, y: Tensor, gamma: Optional[Tensor], weight: Tensor,
     kernel = _load_kernel()
     if kernel is None:
         raise RuntimeError('residual_norm needs Triton (pip install triton); check residual_norm_available() first')
-    x, y = x.contiguous(), y.contiguous()
+    # is_contiguous() is a cheap attribute read, contiguous() a dispatched op even where it returns x itself
+    x = x if x.is_contiguous() else x.contiguous()
+    y = y if y.is_contiguous() else y.contiguous()
     sum_dtype = torch.promote_types(x.dtype, y.dtype)
     if gamma is not None:
         sum_dtype = torch.promote_types(sum_dtype, gamma.dtype)
@@ -72,7 +88,7 @@ def residual_norm(x: Tensor, y: Tensor, gamma: Optional[Tensor], weight: Tensor,
     rows = x.numel() // width if width else 0
     if rows == 0:
         return total, normed
-    grid, options = _launch_shape(rows, width)
+    grid, options = _launch_shape(rows, width, gamma is not None)
     _launcher(kernel, grid, (x, y, weight if gamma is None else gamma, weight, bias, total, normed, rows, width,
-                             float(eps)), dict(options, HAS_GAMMA=gamma is not None))
+                             float(eps)), options)
     return total, normed
