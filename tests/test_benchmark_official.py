@@ -152,6 +152,36 @@ def test_scan_backend_is_set_per_row_and_restored(monkeypatch):
     assert 'MMMV_SCAN_BACKEND' not in benchmark_official.os.environ
 
 
+def test_triton_row_of_a_task_part_times_ours_own_model(monkeypatch):
+    """det / seg parts: NVIDIA's row and the variants start from ours' weights (``like``), the Triton row times ours'
+    model itself (``same``: its weights and optimiser state; a detector's step time depends on its weights); with
+    ours not built, the Triton row is skipped, not built apart."""
+    monkeypatch.setattr(benchmark_official, 'triton_available', lambda: True)
+    ctx = dict(archs=lambda part: ['tiny'], scan='cuda', official_ok=True, official_why='')
+    for ours_builds in (True, False):
+        calls, rows = [], []
+
+        def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None, same=None):
+            calls.append(dict(label=label, side=side, kind=kind, like=like, env=env, same=same, kwargs=kwargs))
+            if side == 'ours' and kwargs is None and env is None and not ours_builds:
+                return None
+            return f'model of {label}'
+
+        benchmark_official.task_model_rows(rows, ctx, 'det', (8, 8, 112, 56), add, True, [dict(compile=True)])
+        by_label = {c['label']: c for c in calls}
+        assert by_label['NVIDIA MambaVision-T']['like'] == ('model of MambaVision-T' if ours_builds else None)
+        assert by_label['MambaVision-T (compile=true)']['like'] == by_label['NVIDIA MambaVision-T']['like']
+        if ours_builds:
+            triton = by_label['MambaVision-T, Triton scan']
+            assert triton['same'] == 'model of MambaVision-T' and triton['env'] == 'triton'
+            assert triton['like'] is None and rows == []
+        else:
+            assert 'MambaVision-T, Triton scan' not in by_label
+            [skipped] = rows
+            assert skipped.label == 'MambaVision-T, Triton scan' and 'ours was not built' in skipped.skip
+        assert calls[-1]['kind'] == 'swin'
+
+
 class _NvidiaStyleLevel(MambaVisionLevel):
     """A level with NVIDIA's interface: it applies its own downsample when it has one."""
 

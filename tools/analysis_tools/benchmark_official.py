@@ -420,17 +420,25 @@ def task_model_name(task: str) -> str:
 
 
 def task_model_rows(rows: List[Row], ctx, part: str, window, add: Callable, cuda: bool, variants: List[dict]):
-    """The rows of a det / seg part through its ``add(label, side, arch, scan, kind, kwargs=, like=, env=)``: per
-    arch of the part ours, NVIDIA's, ours with the Triton scan and ours built with each of ``variants`` (keyword
-    arguments of MambaVision), all starting from the weights of ours; then Swin-T."""
+    """The rows of a det / seg part through its ``add(label, side, arch, scan, kind, kwargs=, like=, env=,
+    same=)``: per arch of the part ours, NVIDIA's, ours with the Triton scan and ours built with each of
+    ``variants`` (keyword arguments of MambaVision), all starting from the weights of ours; then Swin-T.
+
+    The Triton row times ours' own model (``same``: its weights, and in a training step its optimiser and loss
+    scaler): only the scan differs. A detector's step time depends on its weights (how many proposals survive NMS,
+    how many RoIs are positive for the mask head), so two models trained apart differ by more than the scan."""
     for arch in ctx['archs'](part):
         name = LETTERS[arch]
         ours = add(f'MambaVision-{name}', 'ours', arch, ctx['scan'], 'ours')
         official_row(rows, ctx, part, arch, window, lambda arch=arch, ours=ours: add(
             f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN, 'official', like=ours), front=True)
-        triton_row(rows, cuda, part, f'MambaVision-{name}, Triton scan', arch, window,
-                   lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', like=ours,
-                                                           env='triton'))
+        if ours is None:
+            rows.append(Row(part, f'MambaVision-{name}, Triton scan', 'ours', arch, 'triton', window,
+                            skip='not built: ours was not built'))
+        else:
+            triton_row(rows, cuda, part, f'MambaVision-{name}, Triton scan', arch, window,
+                       lambda label, arch=arch, ours=ours: add(label, 'ours', arch, 'triton', 'ours', env='triton',
+                                                               same=ours))
         for kwargs in variants:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'], 'ours', kwargs=kwargs,
                 like=ours)
@@ -467,18 +475,24 @@ def step_rows(task: str, args, ctx) -> List[Row]:
     rows = []
     settled = []
 
-    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None):
+    wrappers = {}  # id(model) -> its optim wrapper, for rows that time the same model (``same``)
+
+    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None, same=None):
         row = Row(task, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
-        try:
-            with scan_backend(env):
-                model, optim_wrapper = build_task_model(task, kind, arch or 'tiny', window, device, kwargs,
-                                                        size=(height, width))
-            if like is not None:
-                official.copy_weights(like, model)
-        except Exception as error:
-            row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
-            rows.append(row)
-            return None
+        if same is not None:
+            model, optim_wrapper = same, wrappers[id(same)]
+        else:
+            try:
+                with scan_backend(env):
+                    model, optim_wrapper = build_task_model(task, kind, arch or 'tiny', window, device, kwargs,
+                                                            size=(height, width))
+                if like is not None:
+                    official.copy_weights(like, model)
+            except Exception as error:
+                row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+                rows.append(row)
+                return None
+            wrappers[id(model)] = optim_wrapper
 
         def step(model=model, optim_wrapper=optim_wrapper):
             with scan_backend(env):
@@ -507,8 +521,8 @@ def step_rows(task: str, args, ctx) -> List[Row]:
         f'one train_step of {task_model_name(task)}: batch {batch} x {height}x{width}, synthetic ground truth, '
         + ('AMP (the config\'s AmpOptimWrapper, fp16)' if cuda else 'fp32 (no CUDA)')
         + ', the config\'s AdamW, SyncBN as BN, no pretrained weights; NVIDIA\'s model and the variants of ours '
-        'start from the weights of ours' + ('; warm-up steps, then more until the AMP loss scaler stops skipping'
-                                            if cuda else ''))
+        'start from the weights of ours; the Triton-scan row trains ours\' own model and optimiser, its rounds in turn '
+        'with ours\'' + ('; warm-up steps, then more until the AMP loss scaler stops skipping' if cuda else ''))
     for row, calls in settled:
         if calls > 3:
             ctx['notes'][task].append(f'{row.label}: {calls} extra warm-up steps until the AMP loss scaler took two '
@@ -518,24 +532,27 @@ def step_rows(task: str, args, ctx) -> List[Row]:
 
 def test_rows(task: str, args, ctx) -> List[Row]:
     """The det / seg test step (``model.test_step`` on one image, eval, fp32 as mmengine's test loop runs it,
-    the config's test_cfg): ours, NVIDIA's, ours with the Triton scan, ours with ``cuda_graph=True``, each
-    --ours-kwargs variant (all starting from ours' weights), Swin-T."""
+    the config's test_cfg): ours, NVIDIA's, ours with the Triton scan (ours' own model), ours with
+    ``cuda_graph=True``, each --ours-kwargs variant (all starting from ours' weights), Swin-T."""
     part = f'{task}-test'
     device, cuda, batch, (height, width), window, warmup, data = part_inputs(ctx, part, task)
     rows = []
 
-    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None):
+    def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None, same=None):
         row = Row(part, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
-        try:
-            with scan_backend(env):
-                model, _ = build_task_model(task, kind, arch or 'tiny', window, device, kwargs)
-            if like is not None:
-                official.copy_weights(like, model)
-            model.eval()
-        except Exception as error:
-            row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
-            rows.append(row)
-            return None
+        if same is not None:
+            model = same
+        else:
+            try:
+                with scan_backend(env):
+                    model, _ = build_task_model(task, kind, arch or 'tiny', window, device, kwargs)
+                if like is not None:
+                    official.copy_weights(like, model)
+                model.eval()
+            except Exception as error:
+                row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+                rows.append(row)
+                return None
 
         def step(model=model):
             with torch.no_grad(), scan_backend(env):
