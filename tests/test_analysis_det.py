@@ -1,6 +1,9 @@
 """tools/analysis_tools/benchmark_det.py (the Cascade Mask R-CNN train-step table) and profile_det.py (where its
 time goes): argument errors, the table's lines, the rows timed in turns, the loss scaler's settling, the profiler's
 attribution of kineto events, on synthetic inputs; the tools themselves on CPU (slow)."""
+import gc
+import re
+
 import pytest
 import torch
 
@@ -119,11 +122,31 @@ def test_det_profile_attributes_gpu_work_to_the_part_that_launched_it():
         ('det::backbone', 'gpu_user_annotation', 9 * ms, 10 * ms, 0),  # not work: not counted
         ('cudaMemcpy', 'cuda_runtime', 55 * ms, 2 * ms, 11),
         ('cudaDeviceSynchronize', 'cuda_runtime', 60 * ms, 9 * ms, 12),  # the harness's, between steps: not counted
+        # the scan's autograd Function: its forward holds the Triton launch, its backward the backward's kernel
+        ('TritonSelectiveScan', 'cpu_op', int(1.5 * ms), 1 * ms, 0),
+        ('autograd::engine::evaluate_function: TritonSelectiveScanBackward', 'cpu_op', 24 * ms, 3 * ms, 0),
+        ('TritonSelectiveScanBackward', 'cpu_op', 24 * ms, 2 * ms, 0),
+        ('selective_scan_helper', 'cpu_op', 30 * ms, 2 * ms, 0),  # another name: not the scan's
     ]
     phases, gpu, blocked, syncs = profile_det.attribute_det_events(events, steps=2)
     assert phases['backbone'] == (5.0, 3.0) and phases['backward'] == (15.0, 4.0)
     assert phases['neck'] == (0, 0) and set(profile_det.DET_PHASES) <= set(phases)
     assert gpu == 7.5 and blocked == 4.0 and syncs == 1.0
+    assert phases['scan'] == (1.5, 5.0)  # host (1 + 2) ms, GPU (2 + 8) ms, over two steps
+    without_scan = [event for event in events if 'SelectiveScan' not in event[0]]
+    assert profile_det.attribute_det_events(without_scan, steps=2)[0]['scan'] == (0, 0)
+
+
+def test_gc_clock_counts_collections_inside_the_block_only():
+    with profile_det.GcClock() as clock:
+        assert clock in gc.callbacks
+        gc.collect()
+        gc.collect(0)
+    assert clock not in gc.callbacks
+    assert clock.collections[2] >= 1 and clock.collections[0] >= 1 and clock.ms > 0
+    before = list(clock.collections)
+    gc.collect()
+    assert clock.collections == before
 
 
 def test_kineto_activity_without_activity_type_as_in_older_torch():
@@ -182,8 +205,11 @@ def test_profile_table_lines_and_the_warning_when_cuda_recorded_no_kernels():
     lines = profiler.report()
     assert lines[0] == '\ntorch.profiler, 5 steps per model after the timed ones, per step:'
     assert lines[1].startswith('| model | step ms (profiled) | GPU busy ms | GPU idle ms | syncs / step | ')
-    assert lines[3] == '| T | 10 | 0 | 10 | 2 | 0 | ' + ' | '.join(['1.0 / 0.0'] * 7) + ' |'
+    assert lines[3] == '| T | 10 | 0 | 10 | 2 | 0 | ' + ' | '.join(['1.0 / 0.0'] * 7) + ' | - | - |'
     assert lines[-1].startswith('warning: the profiler recorded no GPU kernels')
+    with_scan = dict(phases, scan=(0.25, 0.5))
+    profiler.profiles.append(('B', (with_scan, 0.0, 0.5, 2.0, 10.0, (1.25, 3.0))))  # + (GC ms, collections)
+    assert profiler.report()[4].endswith(' | 1.0 / 0.0 | 0.2 / 0.5 | 1.2 (3.0) |')
     profiler.cuda = False  # on CPU there are none to record
     assert not profiler.report()[-1].startswith('warning')
 
@@ -237,8 +263,11 @@ def test_profile_det_runs_on_cpu_and_prints_both_tables():
     row = next(line for line in profiled.splitlines() if line.startswith('| MambaVision-T (window 8,8,8,4) |'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     wall, gpu, idle, syncs, blocked = (float(cell) for cell in cells[1:6])
-    parts = [tuple(float(v) for v in cell.split(' / ')) for cell in cells[6:]]
+    parts = [tuple(float(v) for v in cell.split(' / ')) for cell in cells[6:-2]]
     assert len(parts) == len(profile_det.DET_PHASES) and gpu == 0 and syncs == 0 and idle == wall
+    scan_host, scan_gpu = (float(v) for v in cells[-2].split(' / '))  # CPU: the torch backend's Function
+    assert 0 < scan_host < parts[1][0] + parts[5][0] and scan_gpu == 0  # within backbone + backward
+    assert re.fullmatch(r'\d+\.\d \(\d+\.\d\)', cells[-1])
     assert all(host > 0 and device == 0 for host, device in parts[1:])  # backbone ... optimiser
     assert wall * 0.9 < sum(host for host, _ in parts) <= wall + 1  # the parts are most of the step, not more
 

@@ -9,9 +9,14 @@ backward, optimiser). The detectors, the batch and the timing are benchmark_det.
     python tools/analysis_tools/profile_det.py --det-models mambavision_t@8,8,8,4 --det-size 64 96 --warmup 0 --runs 1
 
 A GPU kernel counts for the part during whose host range it was launched (kineto's correlation ids), so the
-backward's kernels, launched from autograd's thread, count for the backward.
+backward's kernels, launched from autograd's thread, count for the backward. Two more columns: the selective scan's
+share (host time inside its autograd Function's forward and backward - part of the backbone's and the backward's
+time - and the GPU time of the kernels launched there), and Python's garbage collector (ms and collections per step,
+from ``gc.callbacks``): a step that allocates many Python objects pays for collections of everything alive.
 """
+import gc
 import statistics
+import time
 from typing import List, Optional, Sequence
 
 import torch
@@ -25,6 +30,9 @@ DET_PHASES = ('preprocess', 'backbone', 'neck', 'rpn_head', 'roi_head', 'backwar
 # torch.cuda.synchronize: the harness's between steps (synced_times), not the detector's
 SYNC_CALLS = ('cudaStreamSynchronize', 'cudaEventSynchronize', 'cudaMemcpy')
 GPU_WORK = ('kernel', 'gpu_memcpy', 'gpu_memset')  # kineto activity types run by the GPU
+# the selective scan's autograd Functions, as the profiler names their forward and backward ranges
+SCAN_FUNCTIONS = ('CudaSelectiveScan', 'TritonSelectiveScan', 'ChunkedSelectiveScan')
+SCAN_RANGES = SCAN_FUNCTIONS + tuple(f'{name}Backward' for name in SCAN_FUNCTIONS)
 LAUNCHES = ('cuda_runtime', 'cuda_driver')  # host calls into CUDA (cudaLaunchKernel, cuLaunchKernelEx, ...)
 
 
@@ -35,16 +43,20 @@ def attribute_det_events(events, steps: int):
     Phases are the host ranges named ``det::<phase>``; a GPU kernel/copy counts for the phase during whose host range
     it was launched (the CPU runtime call with the same correlation id; its own start where none is recorded), as
     the backward's kernels are launched from autograd's thread while the main thread waits inside its range.
-    Other events (operators, GPU-side annotations) are not counted. Returns {phase: (host ms, GPU ms)}, GPU ms of
-    all kernels and copies, host ms blocked in synchronising CUDA calls (those of SYNC_CALLS) and how many there
-    were, each per step."""
-    launches, ranges, gpu = {}, [], []
+    Other events (operators, GPU-side annotations) are not counted, but for the selective scan: ``phases['scan']``
+    is the host time inside its autograd Functions' forward and backward ranges (operators named in SCAN_RANGES,
+    within the backbone's and the backward's time) and the GPU time of what was launched inside them. Returns
+    {phase: (host ms, GPU ms)}, GPU ms of all kernels and copies, host ms blocked in synchronising CUDA calls (those
+    of SYNC_CALLS) and how many there were, each per step."""
+    launches, ranges, gpu, scans = {}, [], [], []
     blocked_ns, syncs = 0, 0
     for name, activity, start, duration, correlation in events:
         if activity in GPU_WORK:
             gpu.append((start, duration, correlation))
         elif activity == 'user_annotation' and name.startswith('det::'):
             ranges.append((start, start + duration, name[5:]))
+        elif activity == 'cpu_op' and name in SCAN_RANGES:
+            scans.append((start, start + duration))
         elif activity in LAUNCHES:
             launches.setdefault(correlation, start)
             if name in SYNC_CALLS:
@@ -53,6 +65,7 @@ def attribute_det_events(events, steps: int):
     phases = {phase: [0, 0] for phase in DET_PHASES}
     for start, end, phase in ranges:
         phases.setdefault(phase, [0, 0])[0] += end - start
+    phases['scan'] = [sum(end - start for start, end in scans), 0]
     gpu_ns = 0
     for start, duration, correlation in gpu:
         gpu_ns += duration
@@ -60,6 +73,8 @@ def attribute_det_events(events, steps: int):
         phase = next((p for s, e, p in ranges if s <= launched < e), None)
         if phase is not None:
             phases[phase][1] += duration
+        if any(s <= launched < e for s, e in scans):
+            phases['scan'][1] += duration
     per_step = 1e6 * steps
     return ({phase: (host / per_step, device / per_step) for phase, (host, device) in phases.items()},
             gpu_ns / per_step, blocked_ns / per_step, syncs / steps)
@@ -111,36 +126,68 @@ def kineto_activity(event) -> str:
             'cuda_driver' if name.startswith('cu') else 'cpu_op')
 
 
+class GcClock:
+    """Time and count Python's garbage collections while inside the block (``gc.callbacks``): ``ms`` and
+    ``collections`` (per generation) after it."""
+
+    def __init__(self):
+        self.ms, self.collections, self._start = 0.0, [0, 0, 0], None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == 'start':
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.ms += 1000 * (time.perf_counter() - self._start)
+            generation = info.get('generation', 0)
+            if 0 <= generation < len(self.collections):
+                self.collections[generation] += 1
+            self._start = None
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
+
 def profile_det(model, optim_wrapper, data: dict, steps: int, device: torch.device):
-    """``attribute_det_events`` of ``steps`` train steps under torch.profiler (after the timed ones: warm), and
-    the wall ms per step of the profiled steps (synchronised like the timed ones)."""
+    """``attribute_det_events`` of ``steps`` train steps under torch.profiler (after the timed ones: warm), the
+    wall ms per step of the profiled steps (synchronised like the timed ones), and the garbage collector's ms and
+    collections per step during them."""
     from torch.profiler import ProfilerActivity, profile
 
     remove = _phase_ranges(model, optim_wrapper)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     try:
-        with profile(activities=activities) as prof:
+        with profile(activities=activities) as prof, GcClock() as collector:
             times = synced_times(lambda: model.train_step(data, optim_wrapper), steps, 0, device)
         wall = 1000 * statistics.mean(times)
     finally:
         remove()
     events = [(e.name(), kineto_activity(e), e.start_ns(), e.duration_ns(), e.correlation_id())
               for e in prof.profiler.kineto_results.events()]
-    return attribute_det_events(events, steps) + (wall,)
+    return attribute_det_events(events, steps) + (wall, (collector.ms / steps, sum(collector.collections) / steps))
 
 
 def det_profile_table(profiles) -> List[str]:
-    """The profile table's lines: profiles is [(label, (phases, gpu ms, blocked ms, syncs, wall ms))]."""
+    """The profile table's lines: profiles is [(label, (phases, gpu ms, blocked ms, syncs, wall ms[, (gc ms,
+    gc collections)]))]; phases may hold 'scan' (the selective scan's host / GPU ms)."""
     head = ' | '.join(f'{phase} host / GPU ms' for phase in DET_PHASES)
     lines = [f'| model | step ms (profiled) | GPU busy ms | GPU idle ms | syncs / step | host blocked in syncs ms | '
-             f'{head} |', '|---|' + '---:|' * (5 + len(DET_PHASES))]
-    for label, (phases, gpu, blocked, syncs, wall) in profiles:
+             f'{head} | selective scan host / GPU ms | GC ms (collections) |',
+             '|---|' + '---:|' * (7 + len(DET_PHASES))]
+    for label, (phases, gpu, blocked, syncs, wall, *rest) in profiles:
         cells = ' | '.join(f'{phases[p][0]:.1f} / {phases[p][1]:.1f}' for p in DET_PHASES)
+        scan = f'{phases["scan"][0]:.1f} / {phases["scan"][1]:.1f}' if 'scan' in phases else '-'
+        collector = f'{rest[0][0]:.1f} ({rest[0][1]:.1f})' if rest else '-'
         lines.append(f'| {label} | {wall:.0f} | {gpu:.0f} | {max(wall - gpu, 0):.0f} | {syncs:.0f} | {blocked:.0f} | '
-                     f'{cells} |')
+                     f'{cells} | {scan} | {collector} |')
     return lines + ['GPU busy: kernels and copies summed over the step; GPU idle = step - busy (where the GPU waits '
                     'for the host). host: time inside the part on the host (the backward\'s includes the GPU work '
-                    'it waits for); GPU: kernels launched inside it. preprocess..roi_head: forward + losses.']
+                    'it waits for); GPU: kernels launched inside it. preprocess..roi_head: forward + losses. '
+                    'selective scan: inside its autograd Function\'s forward and backward (part of backbone and '
+                    'backward). GC: Python\'s garbage collections during the profiled steps.']
 
 
 class RowProfiler:
