@@ -6,6 +6,7 @@ cast of the normalised fp32 activations back to fp16 for the next matmul - four 
 32 bytes per element for the layer-scale sizes. :func:`residual_norm` reads ``x`` and ``y`` once and writes the sum
 and the normalised half-precision activations (12 bytes per element), as one Triton kernel.
 """
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -41,26 +42,14 @@ def _load_kernel():
     return _kernel or None
 
 
-# (rows, width, has gamma) -> _launch_shape(...): a model normalises a handful of shapes, and building the grid
-# and the options dict is host time at every call
-_SHAPES: dict = {}
-_SHAPES_SIZE = 256
-
-
+@functools.lru_cache(maxsize=256)  # a model normalises a handful of shapes: no grid or dict to build per call
 def _launch_shape(rows: int, width: int, has_gamma: bool = False) -> Tuple[tuple, dict]:
     """Grid and constexprs: a program normalises ``BLOCK_M`` rows of ``BLOCK_N`` (``width`` rounded up to a power
-    of two) columns, about 4096 elements."""
-    key = (rows, width, has_gamma)
-    shape = _SHAPES.get(key)
-    if shape is None:
-        block_n = 1 << max(width - 1, 0).bit_length()
-        block_m = max(1, min(16, 4096 // block_n))
-        shape = ((-(-rows // block_m), ), dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_GAMMA=has_gamma,
-                                                num_warps=8 if block_n >= 2048 else 4))
-        if len(_SHAPES) >= _SHAPES_SIZE:  # only ever new shapes get here: start over
-            _SHAPES.clear()
-        _SHAPES[key] = shape
-    return shape
+    of two) columns, about 4096 elements. The options dict is shared between calls: not to be changed."""
+    block_n = 1 << max(width - 1, 0).bit_length()
+    block_m = max(1, min(16, 4096 // block_n))
+    return (-(-rows // block_m), ), dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_GAMMA=has_gamma,
+                                         num_warps=8 if block_n >= 2048 else 4)
 
 
 def residual_norm(x: Tensor, y: Tensor, gamma: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float,
