@@ -245,6 +245,33 @@ def test_copy_weights_from_nvidias_classifier_and_its_errors(stand_in):
         official.OfficialBackbone('t', window_size=(8, 8, None, None))
 
 
+def test_compile_official_adds_nvidias_compiled_rows_beside_its_eager_ones(stand_in, monkeypatch):
+    """--compile-official: a row of NVIDIA's model under torch.compile in the cls and backbone parts (a reference:
+    the ratios stay against NVIDIA's eager row), its backbone starting from ours' weights like the eager one."""
+    compiled = []
+
+    def fake_compile(model, **kwargs):  # records what is compiled; runs it eagerly
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(official, 'official_available', lambda: (True, ''))
+    monkeypatch.setattr(benchmark_official.torch, 'compile', fake_compile)
+    rows = benchmark_official.main(['--parts', 'cls', 'backbone', '--cls-archs', 't', '--img-size', '64', '--size',
+                                    '64', '96', '--window', '8', '8', '4', '2', '--rounds', '1', '--runs', '1',
+                                    '--no-equality-check', '--compile-official'])
+    by_label = {row.label: row for row in rows}
+    for part, base in (('cls', 'NVIDIA MambaVision-T to stage 4 + LayerNorm'), ('backbone', 'NVIDIA MambaVision-T')):
+        eager, fast = by_label[base], by_label[base + ', torch.compile']
+        assert (eager.part, eager.side, fast.part, fast.side) == (part, 'official', part, 'reference')
+        assert eager.times and fast.times and not fast.skip
+        same_part = [row for row in rows if row.part == part]
+        ours = next(row for row in same_part if row.side == 'ours' and row.times)
+        assert benchmark_official.speed_ratio(ours, same_part) == pytest.approx(eager.median_s / ours.median_s)
+    assert [type(m).__name__ for m in compiled] == ['OfficialBackbone', 'OfficialBackbone']
+    without = benchmark_official.parse_args(['--parts', 'backbone'])[0]
+    assert without.compile_official is False
+
+
 def test_registered_for_configs_and_equality_check(stand_in):
     from mmengine.registry import MODELS
     official.register_official()

@@ -87,6 +87,8 @@ DEFAULTS = {
 }
 MIN_SIZE = 32
 OFFICIAL_SCAN = 'mamba-ssm selective_scan_fn'
+#: label suffix of NVIDIA's rows under ``torch.compile`` (--compile-official)
+COMPILED = ', torch.compile'
 
 
 @dataclass
@@ -205,8 +207,8 @@ def cls_rows(args, ctx) -> List[Row]:
     modes = [False, True] if args.cuda_graph else [False]
     rows = []
 
-    def add(label, side, arch, scan, build, env=None):
-        for graph in modes:
+    def add(label, side, arch, scan, build, env=None, compiled=False):
+        for graph in (modes if not compiled else [False]):
             row = Row('cls', label + (', CUDA graph' if graph else ''), side, arch, scan, CLS_WINDOW, items=batch)
             try:
                 with scan_backend(env):
@@ -215,6 +217,8 @@ def cls_rows(args, ctx) -> List[Row]:
                 if args.fuse_conv_bn:
                     model = fuse_conv_bn(model)
                 model = model.to(memory_format=torch.channels_last)
+                if compiled:  # compiles in the warm-up
+                    model = torch.compile(model)
             except Exception as error:
                 row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
                 rows.append(row)
@@ -240,8 +244,11 @@ def cls_rows(args, ctx) -> List[Row]:
         if ctx['official_ok']:
             add(f'NVIDIA MambaVision-{name} classifier (+ BN, pool, head)', 'reference', arch, OFFICIAL_SCAN,
                 lambda arch=arch: official.build_official(arch, CLS_WINDOW))
-            add(f'NVIDIA MambaVision-{name} to stage 4 + LayerNorm', 'official', arch, OFFICIAL_SCAN,
-                lambda arch=arch: official.OfficialBackbone(arch, CLS_WINDOW, out_indices=(3, )))
+            for compiled in ([False, True] if args.compile_official else [False]):
+                add(f'NVIDIA MambaVision-{name} to stage 4 + LayerNorm' + (COMPILED if compiled else ''),
+                    'reference' if compiled else 'official', arch, OFFICIAL_SCAN,
+                    lambda arch=arch: official.OfficialBackbone(arch, CLS_WINDOW, out_indices=(3, )),
+                    compiled=compiled)
         else:
             rows.append(Row('cls', f'NVIDIA MambaVision-{name}', 'official', arch, skip=ctx['official_why']))
         add(f'MambaVision-{name} to stage 4 + LayerNorm', 'ours', arch, ctx['scan'],
@@ -282,7 +289,7 @@ def backbone_rows(args, ctx) -> List[Row]:
     x = torch.randn(batch, 3, height, width, device=device)
     rows = []
 
-    def add(label, side, arch, scan, build, env=None, init=None):
+    def add(label, side, arch, scan, build, env=None, init=None, compiled=False):
         row = Row('backbone', label, side, arch, scan, window, items=batch)
         try:
             with scan_backend(env):
@@ -290,6 +297,8 @@ def backbone_rows(args, ctx) -> List[Row]:
             model.train()  # not chained: mmdet's SwinTransformer.train returns None
             if init is not None:
                 init(model)
+            if compiled:  # compiles in the warm-up
+                model = torch.compile(model)
         except Exception as error:
             row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
             rows.append(row)
@@ -320,10 +329,13 @@ def backbone_rows(args, ctx) -> List[Row]:
             arch, window_size=window))
         if ours is not None:
             ours.init_weights()
-        official_row(rows, ctx, 'backbone', arch, window, lambda arch=arch: add(
-            f'NVIDIA MambaVision-{name}', 'official', arch, OFFICIAL_SCAN,
-            lambda: official.OfficialBackbone(arch, window),
-            init=(lambda model: official.copy_weights(ours, model)) if ours is not None else None), front=True)
+        for compiled in ([False, True] if args.compile_official else [False]):
+            label = f'NVIDIA MambaVision-{name}' + (COMPILED if compiled else '')
+            official_row(rows, ctx, 'backbone', arch, window, lambda arch=arch, label=label, compiled=compiled: add(
+                label, 'reference' if compiled else 'official', arch, OFFICIAL_SCAN,
+                lambda: official.OfficialBackbone(arch, window),
+                init=(lambda model: official.copy_weights(ours, model)) if ours is not None else None,
+                compiled=compiled), front=not compiled, label=label)
         triton_row(rows, cuda, 'backbone', f'MambaVision-{name}, Triton scan', arch, window,
                    lambda label, arch=arch: add(label, 'ours', arch, 'triton',
                                                 lambda: ctx['MambaVision'](arch, window_size=window), env='triton'))
@@ -341,11 +353,12 @@ def backbone_rows(args, ctx) -> List[Row]:
     return rows
 
 
-def official_row(rows, ctx, part, arch, window, build_row, front=False):
+def official_row(rows, ctx, part, arch, window, build_row, front=False, label=None):
     """NVIDIA's row of ``arch`` through ``build_row()``, or a skipped row saying why (package missing, or windows
-    NVIDIA's levels do not have). ``front``: put it before the rows of the same arch already listed."""
+    NVIDIA's levels do not have). ``front``: put it before the rows of the same arch already listed. ``label``: of
+    the skipped row (default ``NVIDIA MambaVision-<size>``)."""
     position = len(rows) - 1 if front else len(rows)
-    label = f'NVIDIA MambaVision-{LETTERS[arch]}'
+    label = label or f'NVIDIA MambaVision-{LETTERS[arch]}'
     why = ctx['official_why'] if not ctx['official_ok'] else ''
     if not why and window is not None and None in window:
         why = 'NVIDIA\'s levels have no whole-map windows (none)'
@@ -701,6 +714,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='cls: fold BatchNorm into the convolutions of NVIDIA\'s and our models')
     parser.add_argument('--cuda-graph', action='store_true', help='cls: also every row replayed from a CUDA graph')
+    parser.add_argument('--compile-official', action='store_true',
+                        help='cls and backbone: also a row of NVIDIA\'s model under torch.compile (default options, '
+                        'compiled in the warm-up; eager only), beside its eager row, which the ratios stay against')
     parser.add_argument('--no-equality-check', dest='equality_check', action='store_false',
                         help='skip the fp32 comparison of ours and NVIDIA\'s outputs at the start')
     parser.add_argument('--out', metavar='FILE.json|FILE.csv', help='also write the rows to this file')
