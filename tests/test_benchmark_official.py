@@ -125,17 +125,20 @@ def test_rows_are_timed_in_turns_and_a_failing_row_keeps_the_table():
     assert lines[6] == 'note: n'
 
 
-def test_ratio_is_per_arch_and_mode_and_absent_without_nvidia():
+def test_ratio_is_per_part_arch_and_mode_and_absent_without_nvidia():
     Row = benchmark_official.Row
     rows = [Row('cls', 'NVIDIA T', 'official', 'tiny', items=128, times=[0.02]),
             Row('cls', 'NVIDIA T, CUDA graph', 'official', 'tiny', items=128, times=[0.01]),
             Row('cls', 'T', 'ours', 'tiny', items=128, times=[0.01]),
             Row('cls', 'T, CUDA graph', 'ours', 'tiny', items=128, times=[0.008]),
             Row('cls', 'S', 'ours', 'small', items=128, times=[0.01]),
-            Row('det', 'T', 'ours', 'tiny', times=[0.3], skipped_steps=2)]
+            Row('det', 'T', 'ours', 'tiny', times=[0.3], skipped_steps=2),
+            Row('seg', 'NVIDIA T', 'official', 'tiny', times=[0.09]),
+            Row('seg', 'T', 'ours', 'tiny', times=[0.06])]
     ratios = [benchmark_official.speed_ratio(row, rows) for row in rows]
     assert ratios[2] == pytest.approx(2.0) and ratios[3] == pytest.approx(1.25)
     assert ratios[4] is None and ratios[0] is None and ratios[5] is None
+    assert ratios[7] == pytest.approx(1.5)  # against NVIDIA's row of its own part, not the cls part's
     assert benchmark_official.value_of(rows[2]) == pytest.approx(12800)
     assert benchmark_official.table('det', rows[5:], [])[2].endswith('| n/c (2 optimiser steps skipped) |')
 
@@ -264,9 +267,8 @@ def test_compile_official_adds_nvidias_compiled_rows_beside_its_eager_ones(stand
         eager, fast = by_label[base], by_label[base + ', torch.compile']
         assert (eager.part, eager.side, fast.part, fast.side) == (part, 'official', part, 'reference')
         assert eager.times and fast.times and not fast.skip
-        same_part = [row for row in rows if row.part == part]
-        ours = next(row for row in same_part if row.side == 'ours' and row.times)
-        assert benchmark_official.speed_ratio(ours, same_part) == pytest.approx(eager.median_s / ours.median_s)
+        ours = next(row for row in rows if row.part == part and row.side == 'ours' and row.times)
+        assert benchmark_official.speed_ratio(ours, rows) == pytest.approx(eager.median_s / ours.median_s)
     assert [type(m).__name__ for m in compiled] == ['OfficialBackbone', 'OfficialBackbone']
     without = benchmark_official.parse_args(['--parts', 'backbone'])[0]
     assert without.compile_official is False

@@ -599,7 +599,8 @@ def speed_ratio(row: Row, rows: List[Row]) -> Optional[float]:
     if row.side != 'ours' or row.median_s is None or row.skipped_steps:
         return None
     graph = row.label.endswith('CUDA graph')
-    ref = next((r for r in rows if r.side == 'official' and r.arch == row.arch and r.median_s is not None
+    ref = next((r for r in rows if r.side == 'official' and r.part == row.part and r.arch == row.arch
+                and r.median_s is not None
                 and r.label.endswith('CUDA graph') == graph and not r.skipped_steps), None)
     return ref.median_s / row.median_s if ref is not None else None
 
