@@ -26,6 +26,7 @@ result per shape and active settings, so a change takes effect at the next call.
 """
 import contextvars
 import dataclasses
+import functools
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -196,25 +197,19 @@ def _resolve(batch: int, dim: int, channels_per_group: int, length: int, dstate:
                         num_stages=settings.num_stages, bc=bc, ckpt=bwd_t or block_t)
 
 
-_CACHE: dict = {}
-_CACHE_SIZE = 256
-
-
 def launch_config(batch: int, dim: int, channels_per_group: int, length: int, dstate: int) -> LaunchConfig:
     """The launch config of a call at this shape under the active ``kernel_settings``; ValueError (naming the
     setting and what it allows) where a setting does not fit the shape.
 
     Cached per shape and settings: building it is tens of microseconds of Python, as much as a kernel launch, and a
     model calls the scan with a handful of shapes."""
-    settings = _ACTIVE.get()
-    key = (batch, dim, channels_per_group, length, dstate, settings)
-    config = _CACHE.get(key)
-    if config is None:
-        config = _resolve(batch, dim, channels_per_group, length, dstate, settings or KernelSettings())
-        if len(_CACHE) >= _CACHE_SIZE:  # only ever new shapes get here: start over
-            _CACHE.clear()
-        _CACHE[key] = config
-    return config
+    return _cached_config(batch, dim, channels_per_group, length, dstate, _ACTIVE.get())
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(batch: int, dim: int, channels_per_group: int, length: int, dstate: int,
+                   settings: Optional[KernelSettings]) -> LaunchConfig:
+    return _resolve(batch, dim, channels_per_group, length, dstate, settings or KernelSettings())
 
 
 def kernel_launch_args(config: LaunchConfig, part: str, length: int) -> dict:

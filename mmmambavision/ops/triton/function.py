@@ -8,6 +8,7 @@ Function: eager inference is bound by host time per call, which is also why the 
 and kernels go through ``launch.launcher``.
 """
 import contextvars
+import functools
 from contextlib import contextmanager
 from typing import Optional, Tuple
 
@@ -34,25 +35,18 @@ def use_kernels(kernels):
         _KERNELS.reset(token)
 
 
-# (batch, dim, channels per group, length, d_state, settings) -> (config, forward kernel args, grid,
-#     forward chunks, backward kernel args, backward chunks)
-_PLANS: dict = {}
-_PLANS_SIZE = 256
-
-
 def _plan(batch: int, dim: int, channels_per_group: int, length: int, dstate: int):
-    """``launch_config`` and what follows from it, once per shape and active settings."""
-    key = (batch, dim, channels_per_group, length, dstate, active_overrides())
-    entry = _PLANS.get(key)
-    if entry is None:
-        config = launch_config(batch, dim, channels_per_group, length, dstate)
-        entry = (config, kernel_launch_args(config, 'fwd', length), (batch, dim // config.BLOCK_D),
-                 triton.cdiv(length, config.BLOCK_T), kernel_launch_args(config, 'bwd', length),
-                 triton.cdiv(length, config.ckpt))
-        if len(_PLANS) >= _PLANS_SIZE:  # only inputs of ever new sizes get here: start over
-            _PLANS.clear()
-        _PLANS[key] = entry
-    return entry
+    """``launch_config`` and what follows from it (config, forward kernel args, grid, forward chunks, backward
+    kernel args, backward chunks), once per shape and active settings. Shared between calls: not to be changed."""
+    return _plan_for(batch, dim, channels_per_group, length, dstate, active_overrides())
+
+
+@functools.lru_cache(maxsize=256)  # a model calls the scan with a handful of shapes
+def _plan_for(batch: int, dim: int, channels_per_group: int, length: int, dstate: int, overrides):
+    config = launch_config(batch, dim, channels_per_group, length, dstate)
+    return (config, kernel_launch_args(config, 'fwd', length), (batch, dim // config.BLOCK_D),
+            triton.cdiv(length, config.BLOCK_T), kernel_launch_args(config, 'bwd', length),
+            triton.cdiv(length, config.ckpt))
 
 
 def _rows(t: Tensor) -> Tensor:
