@@ -118,6 +118,8 @@ def test_rows_are_timed_in_turns_and_a_failing_row_keeps_the_table():
     assert calls == ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b']  # c fails in round 2 and is left out after
     assert len(rows[0].times) == 6 and len(rows[1].times) == 6 and len(rows[2].times) == 2
     assert rows[2].skip == 'failed while timed: RuntimeError: capture failed'
+    assert benchmark_official.error_line(RuntimeError()) == 'RuntimeError'  # no message: no first line to take
+    assert benchmark_official.error_line(ValueError('x' * 300 + '\nmore')) == 'ValueError: ' + 'x' * 200
     lines = benchmark_official.table('backbone', rows, ['n'])
     assert lines[2] == '| a | - | 10 | - | 1.00x |'
     assert lines[3] == '| b | - | 20 | - | 0.50x |'  # NVIDIA's 10 ms over ours' 20 ms

@@ -140,6 +140,12 @@ def triton_row(rows: List[Row], cuda: bool, part: str, label: str, arch: str, wi
         rows.append(Row(part, label, 'ours', arch, 'triton', window, skip='CUDA and Triton needed'))
 
 
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it) for a row's skip note."""
+    lines = str(error).splitlines()
+    return f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__
+
+
 def kwargs_label(kwargs: dict) -> str:
     return ', '.join(f'{k}={json.dumps(v)}' for k, v in kwargs.items())
 
@@ -174,7 +180,7 @@ def time_in_turns(rows: List[Row], runs: int, rounds: int) -> None:
             try:
                 times, skipped = row.timer(runs)
             except Exception as error:  # one row failing (e.g. a CUDA graph capture) must not lose the table
-                row.skip = f'failed while timed: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+                row.skip = f'failed while timed: {error_line(error)}'
                 row.timer = None
                 continue
             row.times += times
@@ -189,7 +195,7 @@ def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
     except torch.cuda.OutOfMemoryError:
         row.skip, row.timer = 'out of memory', None
     except Exception as error:
-        row.skip, row.timer = f'failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}', None
+        row.skip, row.timer = f'failed: {error_line(error)}', None
     if device.type == 'cuda':
         torch.cuda.synchronize()
 
@@ -220,7 +226,7 @@ def cls_rows(args, ctx) -> List[Row]:
                 if compiled:  # compiles in the warm-up
                     model = torch.compile(model)
             except Exception as error:
-                row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+                row.skip = f'not built: {error_line(error)}'
                 rows.append(row)
                 continue
 
@@ -300,7 +306,7 @@ def backbone_rows(args, ctx) -> List[Row]:
             if compiled:  # compiles in the warm-up
                 model = torch.compile(model)
         except Exception as error:
-            row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
+            row.skip = f'not built: {error_line(error)}'
             rows.append(row)
             return None
 
@@ -432,6 +438,21 @@ def task_model_name(task: str) -> str:
             'UperNet + auxiliary FCN head (configs/seg 160k, 150 classes)')
 
 
+def task_model_or_skip(rows: List[Row], row: Row, build: Callable, like, env: Optional[str]):
+    """``build()`` -> (model, optim_wrapper) for ``row`` under scan backend ``env``, the weights of ``like`` copied in
+    when given; or None after appending ``row`` to ``rows`` skipped with the error."""
+    try:
+        with scan_backend(env):
+            model, optim_wrapper = build()
+        if like is not None:
+            official.copy_weights(like, model)
+    except Exception as error:
+        row.skip = f'not built: {error_line(error)}'
+        rows.append(row)
+        return None
+    return model, optim_wrapper
+
+
 def task_model_rows(rows: List[Row], ctx, part: str, window, add: Callable, cuda: bool, variants: List[dict]):
     """The rows of a det / seg part through its ``add(label, side, arch, scan, kind, kwargs=, like=, env=,
     same=)``: per arch of the part ours, NVIDIA's, ours with the Triton scan and ours built with each of
@@ -495,16 +516,11 @@ def step_rows(task: str, args, ctx) -> List[Row]:
         if same is not None:
             model, optim_wrapper = same, wrappers[id(same)]
         else:
-            try:
-                with scan_backend(env):
-                    model, optim_wrapper = build_task_model(task, kind, arch or 'tiny', window, device, kwargs,
-                                                            size=(height, width))
-                if like is not None:
-                    official.copy_weights(like, model)
-            except Exception as error:
-                row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
-                rows.append(row)
+            built = task_model_or_skip(rows, row, lambda: build_task_model(
+                task, kind, arch or 'tiny', window, device, kwargs, size=(height, width)), like, env)
+            if built is None:
                 return None
+            model, optim_wrapper = built
             wrappers[id(model)] = optim_wrapper
 
         def step(model=model, optim_wrapper=optim_wrapper):
@@ -556,16 +572,11 @@ def test_rows(task: str, args, ctx) -> List[Row]:
         if same is not None:
             model = same
         else:
-            try:
-                with scan_backend(env):
-                    model, _ = build_task_model(task, kind, arch or 'tiny', window, device, kwargs)
-                if like is not None:
-                    official.copy_weights(like, model)
-                model.eval()
-            except Exception as error:
-                row.skip = f'not built: {type(error).__name__}: {str(error).splitlines()[0][:200]}'
-                rows.append(row)
+            built = task_model_or_skip(rows, row, lambda: build_task_model(
+                task, kind, arch or 'tiny', window, device, kwargs), like, env)
+            if built is None:
                 return None
+            model = built[0].eval()
 
         def step(model=model):
             with torch.no_grad(), scan_backend(env):
