@@ -248,3 +248,24 @@ def test_importing_the_package_probes_no_kernel():
     code = ('import sys, mmmambavision.ops; '
             "assert not {'selective_scan_cuda', 'triton', 'mamba_ssm'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_cuda_kernel_states_with_time_invariant_B_are_scaled_back_to_h():
+    """mamba-ssm's kernel scans ``delta·u`` alone when B is time-invariant ((d, n)) and applies B at the output, so
+    its saved state is the state of the same scan with B = 1; ``last_state_of`` must turn that into h_L (float64
+    loop as the reference). With (b, n, L) B the state is h_L itself."""
+    from mmmambavision.ops.scan_cuda import last_state_of
+    gen = torch.Generator().manual_seed(0)
+    batch, dim, length, dstate = 2, 6, 40, 4
+    u, delta = torch.randn(batch, dim, length, generator=gen), torch.rand(batch, dim, length, generator=gen)
+    A = -torch.rand(dim, dstate, generator=gen) - 0.1
+    B, C = torch.randn(dim, dstate, generator=gen), torch.randn(dim, dstate, generator=gen)
+    _, truth = selective_scan_reference(u, delta, A, B, C, return_last_state=True)
+    _, unit = selective_scan_reference(u, delta, A, torch.ones_like(B), C, return_last_state=True)
+    x = torch.zeros(batch, dim, 1, 2 * dstate)
+    x[..., 1::2] = unit.unsqueeze(2).float()  # what the kernel keeps: the state without B
+    torch.testing.assert_close(last_state_of(x, B).double(), truth, rtol=1e-5, atol=1e-6)
+    B_t = torch.randn(batch, 1, dstate, length, generator=gen)
+    x[..., 1::2] = truth.unsqueeze(2).float()
+    assert torch.equal(last_state_of(x, B_t), x[:, :, -1, 1::2])
+

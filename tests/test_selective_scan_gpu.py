@@ -187,6 +187,19 @@ def test_cuda_kernel_z_gate_and_last_state_match_float64():
                     'cuda z gate')
 
 
+@needs_cuda_kernel
+def test_cuda_kernel_last_state_with_time_invariant_B_C_matches_float64():
+    """(d, n) B and C: the kernel keeps h / B as its state (B is applied at the output); h_L must be h."""
+    shape = (2, 24, 3000)
+    inputs = make_inputs(shape, torch.float32)
+    inputs['B'] = torch.randn(24, 8, device='cuda')
+    inputs['C'] = torch.randn(24, 8, device='cuda')
+    grad_out = torch.randn(shape, device='cuda')
+    truth = float64_truth(inputs, grad_out, delta_softplus=True)
+    assert_close_to(run_backend('cuda', inputs, grad_out, delta_softplus=True), truth, TOLERANCE[torch.float32],
+                    'cuda time-invariant B/C')
+
+
 def test_auto_backend_on_cuda_prefers_the_compiled_kernel_then_triton():
     expected = 'cuda' if cuda_kernel_available() else 'triton' if triton_available() else 'torch'
     assert selected_backend('cuda') == expected

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch._C import DispatchKey
 
 from .scan_chunked import selective_scan_chunked
-from .scan_cuda import _prepare, cuda_backward
+from .scan_cuda import _prepare, cuda_backward, last_state_of
 from .scan_reference import expand_bc
 from .scan_torch import ChunkedSelectiveScan, _chunk_length
 
@@ -135,7 +135,7 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         prepared, _ = _prepare(u, delta, A, B, C, D, z, delta_bias)
         results = selective_scan_cuda.fwd(*prepared, delta_softplus)
         y, x = (results[2] if z is not None else results[0]), results[1]
-        last = x[:, :, -1, 1::2]
+        last = last_state_of(x, prepared[3])
         if differentiable:
             state = x
             pre_gate = results[0] if z is not None else empty

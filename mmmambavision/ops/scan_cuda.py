@@ -5,7 +5,7 @@ which cannot be imported without the extension anyway. Binding (mamba-ssm 2.3.2.
 
 * ``fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> [out, x(, out_z)]`` where ``x`` is
   (b, d, n_chunks, 2·n) fp32: per 2048-step chunk, the scan's (decay, state) pairs at the chunk end; the last
-  chunk's odd entries are h_L.
+  chunk's odd entries are h_L (h_L / B for a time-invariant (d, n) B: :func:`last_state_of`).
 * ``bwd(u, delta, A, B, C, D, z, delta_bias, dout, x, out, dz, delta_softplus, recompute_out_z)
   -> [du, ddelta, dA, dB, dC, dD, ddelta_bias(, dz)(, out_z)]``.
 
@@ -51,6 +51,14 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return (u, delta, A, B, C, D, z, delta_bias), (squeeze_B, squeeze_C)
 
 
+def last_state_of(x: Tensor, B: Tensor) -> Tensor:
+    """h_L from the extension's chunk states ``x`` and its (prepared) ``B``: the last chunk's odd entries. With a
+    time-invariant (d, n) B the kernel scans ``delta·u`` alone and applies B together with C at the output, so its
+    states are h / B; they are multiplied back here."""
+    last = x[:, :, -1, 1::2]
+    return last * B if B.dim() == 2 else last
+
+
 class CudaSelectiveScan(torch.autograd.Function):
 
     @staticmethod
@@ -63,7 +71,7 @@ class CudaSelectiveScan(torch.autograd.Function):
         y = results[2] if z is not None else out
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out if z is not None else None)
         ctx.delta_softplus = delta_softplus
-        last_state = x[:, :, -1, 1::2]
+        last_state = last_state_of(x, B)
         ctx.mark_non_differentiable(last_state)
         return y, last_state
 
