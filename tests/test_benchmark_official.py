@@ -127,6 +127,22 @@ def test_rows_are_timed_in_turns_and_a_failing_row_keeps_the_table():
     assert lines[6] == 'note: n'
 
 
+def test_warm_up_time_is_kept_and_a_long_one_gets_a_note(monkeypatch):
+    """A compile or capture happens in a row's warm-up: its seconds go to the data file and, from WARMUP_NOTE_S on,
+    into a note under the table."""
+    clock = [100.0]
+    monkeypatch.setattr(benchmark_official.time, 'perf_counter', lambda: clock[0])
+    Row = benchmark_official.Row
+    slow, quick = Row('backbone', 'compiled', 'ours', 'tiny'), Row('backbone', 'eager', 'ours', 'tiny')
+    for row, seconds in ((slow, 12.5), (quick, 0.5)):
+        row.peak_fn, row.times = (lambda: None), [0.05]
+        benchmark_official.warm_and_peak(row, lambda seconds=seconds: clock.__setitem__(0, clock[0] + seconds),
+                                         torch.device('cpu'))
+    assert (slow.warmup_s, quick.warmup_s) == (12.5, 0.5) and not slow.skip
+    lines = benchmark_official.table('backbone', [slow, quick], [])
+    assert lines[-1] == 'note: warm-up of compiled: 12.5 s' and not any('of eager' in line for line in lines)
+
+
 def test_ratio_is_per_part_arch_and_mode_and_absent_without_nvidia():
     Row = benchmark_official.Row
     rows = [Row('cls', 'NVIDIA T', 'official', 'tiny', items=128, times=[0.02]),

@@ -34,6 +34,7 @@ import os.path as osp
 import shlex
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -87,6 +88,8 @@ DEFAULTS = {
 }
 MIN_SIZE = 32
 OFFICIAL_SCAN = 'mamba-ssm selective_scan_fn'
+#: a row whose warm-up (compiling, capturing, autotuning) takes this many seconds or more gets a note under its table
+WARMUP_NOTE_S = 5.
 #: label suffix of NVIDIA's rows under ``torch.compile`` (--compile-official)
 COMPILED = ', torch.compile'
 
@@ -108,7 +111,7 @@ class Row:
     times: List[float] = field(default_factory=list)
     skipped_steps: int = 0
     peak: Optional[float] = None
-    note: str = ''
+    warmup_s: Optional[float] = None  # seconds of the warm-up calls (a compile or CUDA-graph capture shows here)
 
     @property
     def median_s(self) -> Optional[float]:
@@ -190,7 +193,11 @@ def time_in_turns(rows: List[Row], runs: int, rounds: int) -> None:
 def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
     """The row's warm-up, then its peak-memory pass; a failure marks the row skipped with the error."""
     try:
+        start = time.perf_counter()
         warmup()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        row.warmup_s = time.perf_counter() - start
         row.peak = row.peak_fn() if row.peak_fn is not None else None
     except torch.cuda.OutOfMemoryError:
         row.skip, row.timer = 'out of memory', None
@@ -632,6 +639,8 @@ def table(part: str, rows: List[Row], notes: List[str]) -> List[str]:
         value_text = f'{value:.0f}' if value >= 100 else f'{value:.3g}'
         lines.append(f'| {row.label} | {row.scan or "-"} | {value_text} | {peak} | {ratio_text} |')
     lines += [f'note: {note}' for note in notes]
+    lines += [f'note: warm-up of {row.label}: {row.warmup_s:.1f} s' for row in rows
+              if row.warmup_s is not None and row.warmup_s >= WARMUP_NOTE_S]
     return lines
 
 
@@ -654,6 +663,7 @@ def write_out(path: str, rows: List[Row], meta: dict, checks: List[dict]) -> Non
             peak_gib=round(row.peak, 3) if row.peak is not None else '',
             speed_vs_official=round(ratio, 3) if ratio is not None else '',
             timed_steps=len(row.times), skipped_optimiser_steps=row.skipped_steps,
+            warmup_s=round(row.warmup_s, 2) if row.warmup_s is not None else '',
             max_rel_diff_vs_official=(f'{check["max"]:.1e}' if check and check['max'] is not None
                                       and row.side != 'reference' else ''),
             note=row.skip))
