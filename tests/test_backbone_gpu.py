@@ -70,3 +70,41 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
         error = relative(grads_f[name], grads_ref[name])
         bound = max(5e-4, 2 * relative(grads_h[name], grads_ref[name])) if half else 5e-4
         assert error < bound, f'{name}: {error:.2e} (bound {bound:.2e})'
+
+
+def _graph_roots() -> int:
+    """How many CUDA graph trees inductor's ``reduce-overhead`` mode has recorded on device 0."""
+    from torch._inductor import cudagraph_trees
+    manager = cudagraph_trees.get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    return 0 if manager is None or manager.roots is None else sum(len(nodes) for nodes in manager.roots.values())
+
+
+@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
+def test_reduce_overhead_training_steps_replay_cuda_graphs_and_match_eager(backend):
+    """``compile=dict(mode='reduce-overhead')``: the hybrid stages' forward and backward are recorded as CUDA graphs
+    and replayed; over several training steps with new images (a second image size among them: the stages'
+    window sequences keep their shape, the crop of the last block changes) the outputs and every gradient equal
+    the eager model's in fp32, and CUDA graphs were in fact recorded."""
+    torch._dynamo.reset()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    graphed = MambaVision('tiny', window_size=(8, 8, 56, 28), drop_path_rate=0.,
+                          compile=dict(mode='reduce-overhead'))
+    graphed.init_weights()
+    eager = MambaVision('tiny', window_size=(8, 8, 56, 28), drop_path_rate=0.)
+    eager.load_state_dict(graphed.state_dict())
+    graphed, eager = graphed.cuda().train(), eager.cuda().train()
+    roots_before = _graph_roots()
+    for size in [(320, 480), (320, 480), (320, 480), (288, 512), (320, 480)]:
+        x = torch.randn(2, 3, *size, device='cuda')
+        weights = [torch.randn(o.shape, device='cuda') for o in eager(x)]
+        out_ref, grads_ref = _step(eager, x, weights, half=False)
+        out_g, grads_g = _step(graphed, x, weights, half=False)
+        for i, (a, b) in enumerate(zip(out_g, out_ref)):
+            assert relative(a, b) < 1e-4, f'{size} stage {i}: {relative(a, b):.2e}'
+        for name in grads_ref:
+            if not bias_before_train_bn(name):
+                error = relative(grads_g[name], grads_ref[name])
+                assert error < 5e-4, f'{size} {name}: {error:.2e}'
+    assert _graph_roots() > roots_before, 'no CUDA graph was recorded: the compiled stages ran without graphs'

@@ -143,6 +143,37 @@ def test_warm_up_time_is_kept_and_a_long_one_gets_a_note(monkeypatch):
     assert lines[-1] == 'note: warm-up of compiled: 12.5 s' and not any('of eager' in line for line in lines)
 
 
+def test_a_graph_rows_peak_includes_the_pool_its_warm_up_records(monkeypatch):
+    """A row that replays CUDA graphs allocates their memory pool while recording them in the warm-up and nothing
+    in a replayed step: its peak is the warm-up's where that is higher; other rows keep the step's peak."""
+    mem = dict(now=2 ** 30, peak=2 ** 30)
+    cuda = benchmark_official.torch.cuda
+    monkeypatch.setattr(cuda, 'synchronize', lambda: None)
+    monkeypatch.setattr(cuda, 'memory_allocated', lambda: mem['now'])
+    monkeypatch.setattr(cuda, 'max_memory_allocated', lambda: mem['peak'])
+    monkeypatch.setattr(cuda, 'reset_peak_memory_stats', lambda: mem.__setitem__('peak', mem['now']))
+
+    def record():  # 3 GiB at the warm-up's peak, 1 GiB of it kept (the graphs' pool)
+        mem['peak'] = mem['now'] + 3 * 2 ** 30
+        mem['now'] += 2 ** 30
+
+    Row = benchmark_official.Row
+    graphed = Row('backbone', 'graphed', 'ours', 'tiny', graphs=True)
+    eager = Row('backbone', 'eager', 'ours', 'tiny')
+    for row in (graphed, eager):
+        row.peak_fn, row.times = (lambda: 0.5), [0.05]
+        benchmark_official.warm_and_peak(row, record, torch.device('cuda'))
+    assert graphed.peak == pytest.approx(3.0) and eager.peak == 0.5 and not graphed.skip
+    note = benchmark_official.table('backbone', [graphed, eager], [])[-1]
+    assert note.startswith('note: the peak of a row that replays CUDA graphs')
+    assert not any('replays CUDA graphs' in line for line in benchmark_official.table('backbone', [eager], []))
+    records = benchmark_official.records_graphs
+    assert records(dict(compile=dict(mode='reduce-overhead'))) and records(dict(cuda_graph=True))
+    assert records(dict(compile=dict(options={'triton.cudagraphs': True}), cuda_graph=False))
+    assert not records(dict(compile=True)) and not records(dict(compile=dict(mode='max-autotune-no-cudagraphs')))
+    assert not records(None) and not records(dict(cuda_graph=False))
+
+
 def test_ratio_is_per_part_arch_and_mode_and_absent_without_nvidia():
     Row = benchmark_official.Row
     rows = [Row('cls', 'NVIDIA T', 'official', 'tiny', items=128, times=[0.02]),

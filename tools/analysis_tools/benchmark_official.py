@@ -90,6 +90,7 @@ MIN_SIZE = 32
 OFFICIAL_SCAN = 'mamba-ssm selective_scan_fn'
 #: a row whose warm-up (compiling, capturing, autotuning) takes this many seconds or more gets a note under its table
 WARMUP_NOTE_S = 5.
+GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes that record CUDA graphs
 #: label suffix of NVIDIA's rows under ``torch.compile`` (--compile-official)
 COMPILED = ', torch.compile'
 
@@ -112,6 +113,7 @@ class Row:
     skipped_steps: int = 0
     peak: Optional[float] = None
     warmup_s: Optional[float] = None  # seconds of the warm-up calls (a compile or CUDA-graph capture shows here)
+    graphs: bool = False  # the model replays CUDA graphs: their memory pool is allocated in the warm-up
 
     @property
     def median_s(self) -> Optional[float]:
@@ -190,15 +192,38 @@ def time_in_turns(rows: List[Row], runs: int, rounds: int) -> None:
             row.skipped_steps += skipped
 
 
+def records_graphs(kwargs: Optional[dict]) -> bool:
+    """Whether ours built with ``kwargs`` replays CUDA graphs: ``cuda_graph=``, or ``compile=`` in a mode of
+    torch.compile that records them."""
+    if not kwargs:
+        return False
+    compile_kwargs = kwargs.get('compile')
+    if not isinstance(compile_kwargs, dict):
+        return bool(kwargs.get('cuda_graph'))
+    options = compile_kwargs.get('options') or {}
+    return bool(kwargs.get('cuda_graph') or compile_kwargs.get('mode') in GRAPH_MODES
+                or options.get('triton.cudagraphs'))
+
+
 def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
-    """The row's warm-up, then its peak-memory pass; a failure marks the row skipped with the error."""
+    """The row's warm-up, then its peak-memory pass; a failure marks the row skipped with the error. A row that
+    replays CUDA graphs allocates their memory pool while it records them, in the warm-up, and a replay allocates
+    nothing: its peak is the higher of the warm-up's and the step's."""
+    cuda = device.type == 'cuda'
     try:
+        if cuda and row.graphs:
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         warmup()
-        if device.type == 'cuda':
+        if cuda:
             torch.cuda.synchronize()
         row.warmup_s = time.perf_counter() - start
+        warm_peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 30 if cuda and row.graphs else None
         row.peak = row.peak_fn() if row.peak_fn is not None else None
+        if warm_peak is not None:
+            row.peak = warm_peak if row.peak is None else max(row.peak, warm_peak)
     except torch.cuda.OutOfMemoryError:
         row.skip, row.timer = 'out of memory', None
     except Exception as error:
@@ -302,8 +327,8 @@ def backbone_rows(args, ctx) -> List[Row]:
     x = torch.randn(batch, 3, height, width, device=device)
     rows = []
 
-    def add(label, side, arch, scan, build, env=None, init=None, compiled=False):
-        row = Row('backbone', label, side, arch, scan, window, items=batch)
+    def add(label, side, arch, scan, build, env=None, init=None, compiled=False, graphs=False):
+        row = Row('backbone', label, side, arch, scan, window, items=batch, graphs=graphs)
         try:
             with scan_backend(env):
                 model = build().to(device)
@@ -354,7 +379,8 @@ def backbone_rows(args, ctx) -> List[Row]:
                                                 lambda: ctx['MambaVision'](arch, window_size=window), env='triton'))
         for kwargs in args.ours_kwargs:
             add(f'MambaVision-{name} ({kwargs_label(kwargs)})', 'ours', arch, ctx['scan'],
-                lambda arch=arch, kwargs=kwargs: ctx['MambaVision'](arch, window_size=window, **kwargs))
+                lambda arch=arch, kwargs=kwargs: ctx['MambaVision'](arch, window_size=window, **kwargs),
+                graphs=records_graphs(kwargs))
     from benchmark_det import SWIN_T
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmengine.registry import init_default_scope
@@ -519,7 +545,8 @@ def step_rows(task: str, args, ctx) -> List[Row]:
     wrappers = {}  # id(model) -> its optim wrapper, for rows that time the same model (``same``)
 
     def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None, same=None):
-        row = Row(task, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
+        row = Row(task, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch,
+                  graphs=records_graphs(kwargs))
         if same is not None:
             model, optim_wrapper = same, wrappers[id(same)]
         else:
@@ -575,7 +602,8 @@ def test_rows(task: str, args, ctx) -> List[Row]:
     rows = []
 
     def add(label, side, arch, scan, kind, kwargs=None, like=None, env=None, same=None):
-        row = Row(part, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch)
+        row = Row(part, label, side, arch, scan, window if kind != 'swin' else (7, ), items=batch,
+                  graphs=records_graphs(kwargs))
         if same is not None:
             model = same
         else:
@@ -641,6 +669,9 @@ def table(part: str, rows: List[Row], notes: List[str]) -> List[str]:
     lines += [f'note: {note}' for note in notes]
     lines += [f'note: warm-up of {row.label}: {row.warmup_s:.1f} s' for row in rows
               if row.warmup_s is not None and row.warmup_s >= WARMUP_NOTE_S]
+    if any(row.graphs and row.peak is not None for row in rows):
+        lines.append('note: the peak of a row that replays CUDA graphs is the higher of its warm-up\'s (which records '
+                     'the graphs into their memory pool) and a replayed step\'s')
     return lines
 
 
