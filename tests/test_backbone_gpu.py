@@ -79,32 +79,62 @@ def _graph_roots() -> int:
     return 0 if manager is None or manager.roots is None else sum(len(nodes) for nodes in manager.roots.values())
 
 
-@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
-def test_reduce_overhead_training_steps_replay_cuda_graphs_and_match_eager(backend):
-    """``compile=dict(mode='reduce-overhead')``: the hybrid stages' forward and backward are recorded as CUDA graphs
-    and replayed; over several training steps with new images (a second image size among them: the stages'
-    window sequences keep their shape, the crop of the last block changes) the outputs and every gradient equal
-    the eager model's in fp32, and CUDA graphs were in fact recorded."""
+def _graphed_and_eager(window=(8, 8, 56, 28)):
+    """MambaVision-T with ``compile=dict(mode='reduce-overhead')`` and an eager copy with the same weights, on
+    CUDA, in training mode, fp32 matmuls."""
     torch._dynamo.reset()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    graphed = MambaVision('tiny', window_size=(8, 8, 56, 28), drop_path_rate=0.,
-                          compile=dict(mode='reduce-overhead'))
+    graphed = MambaVision('tiny', window_size=window, drop_path_rate=0., compile=dict(mode='reduce-overhead'))
     graphed.init_weights()
-    eager = MambaVision('tiny', window_size=(8, 8, 56, 28), drop_path_rate=0.)
+    eager = MambaVision('tiny', window_size=window, drop_path_rate=0.)
     eager.load_state_dict(graphed.state_dict())
-    graphed, eager = graphed.cuda().train(), eager.cuda().train()
-    roots_before = _graph_roots()
-    for size in [(320, 480), (320, 480), (320, 480), (288, 512), (320, 480)]:
+    return graphed.cuda().train(), eager.cuda().train()
+
+
+def _steps_match(graphed, eager, sizes, grads_of=None):
+    """Training steps on new images of each size: ``graphed``'s outputs and gradients (those of ``grads_of``,
+    default ``graphed`` itself) against ``eager``'s, in fp32."""
+    grads_of = graphed if grads_of is None else grads_of
+    for size in sizes:
         x = torch.randn(2, 3, *size, device='cuda')
         weights = [torch.randn(o.shape, device='cuda') for o in eager(x)]
         out_ref, grads_ref = _step(eager, x, weights, half=False)
-        out_g, grads_g = _step(graphed, x, weights, half=False)
+        out_g, _ = _step(graphed, x, weights, half=False)
+        grads_g = {n: p.grad.float() for n, p in grads_of.named_parameters()}
         for i, (a, b) in enumerate(zip(out_g, out_ref)):
             assert relative(a, b) < 1e-4, f'{size} stage {i}: {relative(a, b):.2e}'
         for name in grads_ref:
             if not bias_before_train_bn(name):
                 error = relative(grads_g[name], grads_ref[name])
                 assert error < 5e-4, f'{size} {name}: {error:.2e}'
+
+
+@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
+def test_reduce_overhead_training_steps_replay_cuda_graphs_and_match_eager(backend):
+    """``compile=dict(mode='reduce-overhead')``: the hybrid stages' forward and backward are recorded as CUDA graphs
+    and replayed; over several training steps with new images (a second image size among them: the stages'
+    window sequences keep their shape, the crop of the last block changes) the outputs and every gradient equal
+    the eager model's in fp32, and CUDA graphs were in fact recorded."""
+    graphed, eager = _graphed_and_eager()
+    roots_before = _graph_roots()
+    _steps_match(graphed, eager, [(320, 480), (320, 480), (320, 480), (288, 512), (320, 480)])
     assert _graph_roots() > roots_before, 'no CUDA graph was recorded: the compiled stages ran without graphs'
+
+
+@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
+def test_reduce_overhead_training_inside_distributed_data_parallel(backend, tmp_path):
+    """The same inside DistributedDataParallel (one process, NCCL), where dynamo would split the compiled stages at
+    DDP's gradient buckets: the stages that record CUDA graphs are compiled unsplit, train, and match eager."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group('nccl', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try:
+        graphed, eager = _graphed_and_eager()
+        roots_before = _graph_roots()
+        wrapped = DistributedDataParallel(graphed, device_ids=[torch.cuda.current_device()])
+        _steps_match(wrapped, eager, [(320, 480), (320, 480), (288, 512), (320, 480)], grads_of=graphed)
+        assert _graph_roots() > roots_before, 'no CUDA graph was recorded under DDP'
+    finally:
+        dist.destroy_process_group()

@@ -20,6 +20,20 @@ from torch.utils.checkpoint import checkpoint
 from .cuda_graph import GraphCache, graph_applicable, graph_settings
 from .layers import (Attention, ConvBlock, Downsample, HybridBlock, LayerNorm, PatchEmbed, WindowCrop,
                      fused_residual_norm_dtype, in_memory_format, pad_to_window, window_partition, window_reverse)
+from .utils import compile_records_graphs
+
+
+def _without_ddp_graph_splitting(compiled: Callable) -> Callable:
+    """``compiled`` called with dynamo's DDP optimizer off. Inside a DistributedDataParallel forward dynamo splits
+    a compiled graph at DDP's gradient-bucket boundaries and compiles the pieces one by one, running each on fake
+    tensors to feed the next; with CUDA graphs recorded (``mode='reduce-overhead'``) that failed in the first
+    training step under torchrun (torch 2.11). Unsplit, the stage is one graph, and DDP reduces its parameters'
+    gradients once its backward has run. Dynamo reads the setting when it compiles, which happens inside a call."""
+    @functools.wraps(compiled)
+    def run(*args):
+        with torch._dynamo.config.patch(optimize_ddp=False):
+            return compiled(*args)
+    return run
 
 
 class MambaVisionLevel(nn.Module):
@@ -95,6 +109,8 @@ class MambaVisionLevel(nn.Module):
         compiled = self._compiled_blocks.get(stop)
         if compiled is None:
             compiled = torch.compile(functools.partial(self._plain_blocks, stop=stop), **self.compile_options)
+            if compile_records_graphs(self.compile_options):
+                compiled = _without_ddp_graph_splitting(compiled)
             self._compiled_blocks[stop] = compiled
         return compiled
 

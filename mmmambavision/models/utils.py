@@ -1,5 +1,5 @@
 """Small helpers shared by the layers."""
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -40,3 +40,15 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return weight.dtype
+
+
+#: torch.compile modes that record CUDA graphs (inductor's cudagraph trees) and replay them.
+GRAPH_COMPILE_MODES = ('reduce-overhead', 'max-autotune')
+
+
+def compile_records_graphs(options: Optional[dict]) -> bool:
+    """Whether ``torch.compile(..., **options)`` records and replays CUDA graphs: a mode in
+    :data:`GRAPH_COMPILE_MODES`, or inductor's ``triton.cudagraphs`` option."""
+    if not options:
+        return False
+    return bool(options.get('mode') in GRAPH_COMPILE_MODES or (options.get('options') or {}).get('triton.cudagraphs'))

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import official
+from mmmambavision.models.utils import compile_records_graphs
 from mmmambavision.ops import ENV_VAR, selected_backend, triton_available
 from mmmambavision.utils import window_side
 from timing import graph_times, non_negative_int, positive_int, synced_times
@@ -90,7 +91,6 @@ MIN_SIZE = 32
 OFFICIAL_SCAN = 'mamba-ssm selective_scan_fn'
 #: a row whose warm-up (compiling, capturing, autotuning) takes this many seconds or more gets a note under its table
 WARMUP_NOTE_S = 5.
-GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes that record CUDA graphs
 #: label suffix of NVIDIA's rows under ``torch.compile`` (--compile-official)
 COMPILED = ', torch.compile'
 
@@ -198,11 +198,8 @@ def records_graphs(kwargs: Optional[dict]) -> bool:
     if not kwargs:
         return False
     compile_kwargs = kwargs.get('compile')
-    if not isinstance(compile_kwargs, dict):
-        return bool(kwargs.get('cuda_graph'))
-    options = compile_kwargs.get('options') or {}
-    return bool(kwargs.get('cuda_graph') or compile_kwargs.get('mode') in GRAPH_MODES
-                or options.get('triton.cudagraphs'))
+    return bool(kwargs.get('cuda_graph')) or (isinstance(compile_kwargs, dict)
+                                              and compile_records_graphs(compile_kwargs))
 
 
 def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
