@@ -19,30 +19,6 @@ def _outputs_and_grads(model, x, weights):
     return [o.detach() for o in outs], grads, x.grad.clone()
 
 
-@pytest.mark.parametrize('options,splits', [
-    (dict(mode='reduce-overhead'), False), (dict(options={'triton.cudagraphs': True}), False),
-    (dict(mode='max-autotune-no-cudagraphs'), True), (dict(), True)])
-def test_stages_recording_cuda_graphs_are_compiled_without_ddp_graph_splitting(monkeypatch, options, splits):
-    """Compiled stages that record CUDA graphs run with dynamo's DDP optimizer off (it is read when dynamo compiles,
-    inside the call): inside a DistributedDataParallel forward it would split each graph at DDP's bucket boundaries,
-    which failed with CUDA graphs. Other compile settings keep dynamo's default. (torch.compile is replaced by a
-    recorder of the setting; the compiled stages' numerics are the other tests'.)"""
-    seen = []
-
-    def recording_compile(fn, **kwargs):
-        def run(*args):
-            seen.append(torch._dynamo.config.optimize_ddp)
-            return fn(*args)
-        return run
-
-    monkeypatch.setattr(torch, 'compile', recording_compile)
-    model = MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8), drop_path_rate=0., compile=options).train()
-    with torch._dynamo.config.patch(optimize_ddp=True):
-        model(torch.randn(1, 3, 40, 30))
-        assert torch._dynamo.config.optimize_ddp is True  # restored after each call
-    assert len(seen) == 2 and all(value is splits for value in seen), seen
-
-
 @pytest.mark.parametrize('window,size', [
     ((8, 8, 16, 8), (40, 30)),   # one window per image, padded on both axes: queries cropped to 3 x 2 (stage 3)
     ((8, 8, 3, 2), (61, 93)),    # several windows per image: the crop keeps whole windows along both axes
