@@ -73,7 +73,7 @@ def test_fast_paths_match_the_plain_path_at_detection_windows(backend, half, com
 
 
 def _graph_roots() -> int:
-    """How many CUDA graph trees inductor's ``reduce-overhead`` mode has recorded on device 0."""
+    """How many CUDA graph trees inductor's ``reduce-overhead`` mode has recorded on the current device."""
     from torch._inductor import cudagraph_trees
     manager = cudagraph_trees.get_manager(torch.cuda.current_device(), create_if_none_exists=False)
     return 0 if manager is None or manager.roots is None else sum(len(nodes) for nodes in manager.roots.values())

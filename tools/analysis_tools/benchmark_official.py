@@ -207,8 +207,9 @@ def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
     replays CUDA graphs allocates their memory pool while it records them, in the warm-up, and a replay allocates
     nothing: its peak is the higher of the warm-up's and the step's."""
     cuda = device.type == 'cuda'
+    pool = cuda and row.graphs  # the warm-up's peak counts too
     try:
-        if cuda and row.graphs:
+        if pool:
             torch.cuda.synchronize()
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
@@ -217,7 +218,8 @@ def warm_and_peak(row: Row, warmup: Callable, device: torch.device) -> None:
         if cuda:
             torch.cuda.synchronize()
         row.warmup_s = time.perf_counter() - start
-        warm_peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 30 if cuda and row.graphs else None
+        # read before the step's pass, which resets the peak statistics
+        warm_peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 30 if pool else None
         row.peak = row.peak_fn() if row.peak_fn is not None else None
         if warm_peak is not None:
             row.peak = warm_peak if row.peak is None else max(row.peak, warm_peak)
