@@ -177,7 +177,8 @@ def test_eager_calls_do_not_go_through_the_op(monkeypatch):
 
 # --- compiled vs the float64 loop ------------------------------------------------------------------------------
 
-def compiled_vs_reference(compiler, backend, dtype, layout, softplus=True, grad=True, dynamic=None, **flags):
+def compiled_vs_reference(compiler, backend, dtype, layout, softplus=True, grad=True, dynamic=None, fullgraph=False,
+                          **flags):
     """y, h_L and the gradients of every input of a compiled scan-between-linears vs the float64 loop on the same
     (rounded) inputs and the same linear layers in float64."""
     torch._dynamo.reset()
@@ -194,7 +195,7 @@ def compiled_vs_reference(compiler, backend, dtype, layout, softplus=True, grad=
     leaves = {k: v.clone().requires_grad_(grad) for k, v in x.items() if v is not None}
     args = [leaves.get(k) for k in NAMES]
     with torch.set_grad_enabled(grad):
-        out, last = torch.compile(with_state, backend=compiler, dynamic=dynamic)(*args)
+        out, last = torch.compile(with_state, backend=compiler, dynamic=dynamic, fullgraph=fullgraph)(*args)
     assert out.dtype == dtype and not last.requires_grad
 
     ref_leaves = {k: v.detach().double().requires_grad_(grad) for k, v in leaves.items()}
@@ -282,6 +283,22 @@ def test_triton_backend_compiled_matches_float64_under_the_interpreter(interpret
     """fp32 inputs, z gate, D and bias: values and every input's gradient through the Triton kernels (the
     forward op's checkpoints and ungated output, the backward op's kernel launches)."""
     compiled_vs_reference('aot_eager', 'triton', torch.float32, layout)
+
+
+def test_triton_backend_compiles_whole_with_symbolic_sizes_under_the_interpreter(interpreted):
+    """dynamic=True (what dynamo does by itself from a frame's second input size on, e.g. the second hybrid stage
+    of a compiled backbone): the forward's checkpoint count follows from the launch settings at the traced sizes,
+    so the fake kernel specialises on them: no unbacked size, which dynamo in torch 2.11 breaks the graph at."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled_vs_reference(record, 'triton', torch.float32, 'bnl', dynamic=True, fullgraph=True)
+    unbacked = [n.name for gm in graphs for n in gm.graph.nodes if free_unbacked_symbols(n.meta.get('example_value'))]
+    assert len(graphs) == 1 and not unbacked, unbacked
 
 
 @pytest.mark.slow

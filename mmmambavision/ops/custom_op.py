@@ -83,9 +83,12 @@ def _triton_bc(B: Tensor, C: Tensor, u: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _triton_plan(u: Tensor, A: Tensor, B: Tensor):
+    """The Triton launch plan at u's, A's and B's sizes. Symbolic sizes (a compile with dynamic shapes) are
+    specialised: ``int()`` of one installs a guard, so a new size compiles again. The plan comes from launch
+    heuristics, not from a formula that could be traced."""
     from .triton.function import _plan
-    batch, dim, length = u.shape
-    return _plan(batch, dim, dim // _groups(B, dim), length, A.shape[1])
+    batch, dim, length = (int(s) for s in u.shape)
+    return _plan(batch, dim, dim // int(_groups(B, dim)), length, int(A.shape[1]))
 
 
 def _gate(y: Tensor, z: Optional[Tensor], dtype: torch.dtype) -> Tensor:
@@ -175,11 +178,9 @@ def _selective_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus
         if backend == 'cuda':
             shape = (batch, dim, (length + CUDA_CHUNK - 1) // CUDA_CHUNK, 2 * dstate)
         elif backend == 'triton':
-            if all(isinstance(s, int) for s in (batch, dim, length, dstate) + tuple(B.shape)):
-                checkpoints = _triton_plan(u, A, B)[5]
-            else:  # symbolic sizes: the count comes from the launch settings, not from a formula to trace
-                checkpoints = torch.library.get_ctx().new_dynamic_size()
-            shape = (batch, dim, checkpoints, dstate)
+            # specialised on symbolic sizes: an unbacked count (``new_dynamic_size``) breaks dynamo's graph at this
+            # op in torch 2.11 (a backbone's second compiled stage, which dynamo compiles shape-generic, ran eagerly)
+            shape = (batch, dim, _triton_plan(u, A, B)[5], dstate)
         else:
             groups = _groups(B, dim)
             chunk = _chunk_length(batch, dim, dstate, length)
