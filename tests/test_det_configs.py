@@ -77,6 +77,13 @@ def test_small_and_base_state_only_what_differs():
         assert 'train_pipeline' not in text and 'bbox_head' not in text and 'param_scheduler' not in text
 
 
+def test_cuda_graph_variant_changes_only_the_backbone_compile_setting():
+    variant, plain = load('cascade_mambavision_t_3x_cudagraphs.py'), load('cascade_mambavision_t_3x.py')
+    assert variant.model.backbone.pop('compile') == dict(mode='reduce-overhead')
+    assert 'compile' not in plain.model.backbone
+    assert variant.to_dict() == plain.to_dict()
+
+
 @pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_config_builds_the_detector(name):
     cfg = load(name)
