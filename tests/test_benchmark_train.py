@@ -63,6 +63,8 @@ def test_summary_of_a_run():
     assert row['iterations'] == 200 and row['warmup_iters'] == 20
     assert row['warmup_s'] == pytest.approx(20.0)
     assert row['s_per_iter'] == pytest.approx(statistics.median(times[20:]), abs=1e-5)
+    assert row['first_iter_s'] == 1.0
+    assert row['mean_s_per_iter_last_half'] == pytest.approx(statistics.mean(times[100:]), abs=1e-5)
     assert row['images_per_step'] == 4
     assert row['images_per_s'] == pytest.approx(4 / statistics.median(times[20:]), rel=1e-4)
     assert row['data_time_share'] == pytest.approx(0.1, abs=1e-4)
@@ -129,7 +131,8 @@ def test_ratios_and_table():
     assert rows[2]['scaling'] == pytest.approx(0.5 / 0.55, abs=1e-3) and rows[0]['scaling'] == 1.0
     lines = bt.table(rows + [dict(label='b', gpus=1, error='exit status 1')], 'ref')
     assert lines[0].startswith('| config | GPUs |') and '| vs ref |' in lines[0]
-    assert lines[2] == '| a | 1 | 2 | 50 | 5.0 (5) | 0.500 | 4.00 | 0.0% | - | 0.80x | 1.00 | 60 |'
+    assert lines[2] == '| a | 1 | 2 | 50 | 1.0 | 5.0 (5) | 0.500 | 0.500 | 4.00 | 0.0% | - | 0.80x | 1.00 | 60 |'
+    assert all(line.count('|') == lines[0].count('|') for line in lines)
     assert 'failed: exit status 1' in lines[-1]
 
 

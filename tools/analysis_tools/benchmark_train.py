@@ -3,8 +3,9 @@
 Each run is ``bash tools/dist_train.sh CONFIG GPUS --work-dir ... --cfg-options ...`` (torchrun, ``--launcher
 pytorch``), as a user starts a training, on a generated COCO-layout set at COCO scale, for ``--iters`` iterations;
 the runs go one after another. The tool then reads mmengine's per-iteration log (``vis_data/scalars.json``: ``time``,
-``data_time``, ``memory``) and prints per (config, GPUs): iterations, warm-up, steady-state s/iter, images/s,
-data_time share, peak memory and the ratio to a reference config (mmdet's Swin-T by default) at the same GPU count.
+``data_time``, ``memory``) and prints per (config, GPUs): iterations, the first iteration's time, warm-up,
+steady-state s/iter, the mean s/iter of the last half, images/s, data_time share, peak memory and the ratio to a
+reference config (mmdet's Swin-T by default) at the same GPU count.
 
     python tools/analysis_tools/benchmark_train.py                      # T and Swin-T 3x, 1 and 2 GPUs, 200 iterations
     python tools/analysis_tools/benchmark_train.py --configs configs/det/cascade_mambavision_t_3x.py \\
@@ -242,11 +243,13 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
     return dict(
         iterations=len(times),
         first_iter=records[0]['iter'] if records else None,
+        first_iter_s=round(times[0], 3) if times else None,
         settled=settled,
         warmup_iters=warmup if settled else None,
         warmup_s=round(sum(times[:warmup]), 3) if settled else None,
         steady_iters=len(steady),
         s_per_iter=round(s_per_iter, 5),
+        mean_s_per_iter_last_half=round(statistics.mean(times[len(times) // 2:]), 5) if times else None,
         images_per_step=batch_per_gpu * gpus,
         images_per_s=round(batch_per_gpu * gpus / s_per_iter, 3) if s_per_iter > 0 else None,
         data_time_share=round(sum(data[start:]) / sum(steady), 4) if sum(steady) > 0 else None,
@@ -274,18 +277,21 @@ def _fmt(value, spec: str, empty: str = '-') -> str:
 
 
 def table(rows: List[dict], reference_label: str) -> List[str]:
-    lines = [f'| config | GPUs | images/step | iterations | warm-up s (iterations) | s/iter | images/s | '
-             f'data_time share | peak memory MB | vs {reference_label} | scaling vs 1 GPU | wall s |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    lines = [f'| config | GPUs | images/step | iterations | first iteration s | warm-up s (iterations) | s/iter | '
+             f'mean s/iter, last half | images/s | data_time share | peak memory MB | vs {reference_label} | '
+             'scaling vs 1 GPU | wall s |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for row in rows:
         if row.get('error'):
-            lines.append(f'| {row["label"]} | {row["gpus"]} | | | failed: {row["error"]} | | | | | | | |')
+            lines.append(f'| {row["label"]} | {row["gpus"]} | | | | failed: {row["error"]} | | | | | | | | |')
             continue
         warm = (f'{row["warmup_s"]:.1f} ({row["warmup_iters"]})' if row['settled']
                 else f'not settled (>{row["iterations"] - row["steady_iters"]})')
         share = row['data_time_share']
-        cells = [row['label'], row['gpus'], row['images_per_step'], row['iterations'], warm, f'{row["s_per_iter"]:.3f}',
-                 _fmt(row['images_per_s'], '.2f'), '-' if share is None else f'{100 * share:.1f}%',
+        cells = [row['label'], row['gpus'], row['images_per_step'], row['iterations'],
+                 _fmt(row.get('first_iter_s'), '.1f'), warm, f'{row["s_per_iter"]:.3f}',
+                 _fmt(row.get('mean_s_per_iter_last_half'), '.3f'), _fmt(row['images_per_s'], '.2f'),
+                 '-' if share is None else f'{100 * share:.1f}%',
                  _fmt(row['peak_memory_mb'], 'd'), _fmt(row.get('vs_reference'), '.2f') + 'x' * bool(
                      row.get('vs_reference')), _fmt(row.get('scaling'), '.2f'), f'{row["wall_s"]:.0f}']
         lines.append('| ' + ' | '.join(map(str, cells)) + ' |')
@@ -294,7 +300,9 @@ def table(rows: List[dict], reference_label: str) -> List[str]:
 
 def notes(rows: List[dict], window: int, tolerance: float) -> List[str]:
     out = [f'warm-up: until the trailing median of {window} iterations stays within {100 * tolerance:g}% of the '
-           'median of the last half; s/iter: median after the warm-up; images/s: images/step / s/iter; '
+           'median of the last half; first iteration s: its logged time (a compile, cuDNN\'s first plans, the '
+           'allocator\'s first blocks); s/iter: median after the warm-up; mean s/iter, last half: what new input '
+           'shapes cost on top; images/s: images/step / s/iter; '
            'data_time share: data_time / time after the warm-up; peak memory: rank 0, mmengine\'s `memory` '
            '(torch.cuda.max_memory_allocated); wall s: the whole run, start-up and exit included']
     for row in rows:
