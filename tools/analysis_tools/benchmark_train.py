@@ -192,10 +192,15 @@ def read_run(scalars: Optional[str], text: Optional[str]) -> List[dict]:
 
 
 # --------------------------------------------------------------------------------------------------- the statistics
-def reference_median(times: Sequence[float], window: int = DEFAULT_WINDOW) -> float:
-    """M: the median of the last half of the iterations (at least ``window`` of them, or all)."""
+def last_half(times: Sequence[float], window: int = DEFAULT_WINDOW) -> int:
+    """Where the last half of the iterations starts (at least ``window`` of them, or all)."""
     n = len(times)
-    return statistics.median(times[n - min(n, max(window, n // 2)):])
+    return n - min(n, max(window, n // 2))
+
+
+def reference_median(times: Sequence[float], window: int = DEFAULT_WINDOW) -> float:
+    """M: the median of the last half of the iterations."""
+    return statistics.median(times[last_half(times, window):])
 
 
 def warmup_iterations(times: Sequence[float], window: int = DEFAULT_WINDOW,
@@ -234,7 +239,7 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
     data = [r['data_time'] for r in records]
     warmup = warmup_iterations(times, window, tolerance)
     settled = warmup is not None
-    start = warmup if settled else len(times) - min(len(times), max(window, len(times) // 2))
+    start = warmup if settled else last_half(times, window)
     steady = times[start:]
     s_per_iter = statistics.median(steady)
     memory = [r['memory'] for r in records if r.get('memory') is not None]
@@ -249,7 +254,7 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
         warmup_s=round(sum(times[:warmup]), 3) if settled else None,
         steady_iters=len(steady),
         s_per_iter=round(s_per_iter, 5),
-        mean_s_per_iter_last_half=round(statistics.mean(times[len(times) // 2:]), 5) if times else None,
+        mean_s_per_iter_last_half=round(statistics.mean(times[last_half(times, window):]), 5) if times else None,
         images_per_step=batch_per_gpu * gpus,
         images_per_s=round(batch_per_gpu * gpus / s_per_iter, 3) if s_per_iter > 0 else None,
         data_time_share=round(sum(data[start:]) / sum(steady), 4) if sum(steady) > 0 else None,
@@ -277,13 +282,16 @@ def _fmt(value, spec: str, empty: str = '-') -> str:
 
 
 def table(rows: List[dict], reference_label: str) -> List[str]:
-    lines = [f'| config | GPUs | images/step | iterations | first iteration s | warm-up s (iterations) | s/iter | '
-             f'mean s/iter, last half | images/s | data_time share | peak memory MB | vs {reference_label} | '
-             'scaling vs 1 GPU | wall s |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    columns = ['config', 'GPUs', 'images/step', 'iterations', 'first iteration s', 'warm-up s (iterations)', 's/iter',
+               'mean s/iter, last half', 'images/s', 'data_time share', 'peak memory MB', f'vs {reference_label}',
+               'scaling vs 1 GPU', 'wall s']
+    failure_at = columns.index('warm-up s (iterations)')  # a failed run's message goes in that cell
+    lines = ['| ' + ' | '.join(columns) + ' |', '|---|' + '---:|' * (len(columns) - 1)]
     for row in rows:
         if row.get('error'):
-            lines.append(f'| {row["label"]} | {row["gpus"]} | | | | failed: {row["error"]} | | | | | | | | |')
+            cells = [row['label'], row['gpus']] + [''] * (len(columns) - 2)
+            cells[failure_at] = f'failed: {row["error"]}'
+            lines.append('| ' + ' | '.join(map(str, cells)) + ' |')
             continue
         warm = (f'{row["warmup_s"]:.1f} ({row["warmup_iters"]})' if row['settled']
                 else f'not settled (>{row["iterations"] - row["steady_iters"]})')
