@@ -179,7 +179,8 @@ def _selective_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus
             shape = (batch, dim, (length + CUDA_CHUNK - 1) // CUDA_CHUNK, 2 * dstate)
         elif backend == 'triton':
             # specialised on symbolic sizes: an unbacked count (``new_dynamic_size``) breaks dynamo's graph at this
-            # op in torch 2.11 (a backbone's second compiled stage, which dynamo compiles shape-generic, ran eagerly)
+            # op in torch 2.11 (a backbone's second compiled stage, compiled shape-generic, fell apart into per-block
+            # compiles up to dynamo's recompile limit, and eager runs past it)
             shape = (batch, dim, _triton_plan(u, A, B)[5], dstate)
         else:
             groups = _groups(B, dim)
