@@ -3,7 +3,8 @@
 ``import mmmambavision`` registers ``MambaVision`` in mmengine's root ``MODELS`` registry, so configs of any
 OpenMMLab codebase resolve ``type='MambaVision'`` with
 ``custom_imports=dict(imports=['mmmambavision'], allow_failed_imports=False)``; it also registers
-``AmpLossScaleHook`` (mmengine's root ``HOOKS``), which the configs use to log and check AMP's loss scale, and
+``AmpLossScaleHook`` (mmengine's root ``HOOKS``), which the configs use to log and check AMP's loss scale,
+``InputShapeHook`` (the same registry), which logs the backbone's input shape per iteration and whether it is new, and
 ``MergedGroupsOptimWrapperConstructor`` (root ``OPTIM_WRAPPER_CONSTRUCTORS``): their param-wise AdamW in a few
 param groups instead of one per parameter.
 
@@ -14,12 +15,12 @@ that references anything besides tensors, numpy data, mmengine's HistoryBuffer a
 before anything in it runs.
 """
 from .checkpoint import UnsafeCheckpointError, register_checkpoint_loader
-from .engine.hooks import AmpLossScaleHook
+from .engine.hooks import AmpLossScaleHook, InputShapeHook
 from .engine.optim import MergedGroupsOptimWrapperConstructor
 from .models import MambaVision
 
 register_checkpoint_loader()
 
 __version__ = '0.1.0'
-__all__ = ['AmpLossScaleHook', 'MambaVision', 'MergedGroupsOptimWrapperConstructor', 'UnsafeCheckpointError',
-           '__version__']
+__all__ = ['AmpLossScaleHook', 'InputShapeHook', 'MambaVision', 'MergedGroupsOptimWrapperConstructor',
+           'UnsafeCheckpointError', '__version__']

@@ -70,6 +70,34 @@ def test_summary_of_a_run():
     assert row['data_time_share'] == pytest.approx(0.1, abs=1e-4)
     assert row['peak_memory_mb'] == 1199
     assert row['nonfinite_losses'] == 1
+    assert row['new_shape_iters'] is None and row['s_per_iter_seen_shapes'] is None  # no InputShapeHook fields
+
+
+def test_iterations_on_new_shapes_are_timed_apart():
+    # Every 7th iteration meets a new input shape and takes 3x longer; the others run at the steady pace.
+    times = steps(20, 200)
+    flags = [i == 0 or i % 7 == 3 for i in range(200)]
+    times = [3 * t if flag and i else t for i, (t, flag) in enumerate(zip(times, flags))]
+    records = [dict(iter=i + 1, time=t, data_time=0.0, new_shape=flag) for i, (t, flag) in enumerate(zip(times, flags))]
+    row = bt.summarise(records, batch_per_gpu=2, gpus=1)
+    new = [t for i, (t, flag) in enumerate(zip(times, flags)) if flag and i]
+    assert row['new_shape_iters'] == len(new) == 29  # i = 3, 10, ..., 199
+    assert row['mean_s_new_shape'] == pytest.approx(statistics.mean(new), abs=1e-5)
+    seen = [t for t, flag in zip(times[100:], flags[100:]) if not flag]  # the last half
+    assert row['s_per_iter_seen_shapes'] == pytest.approx(statistics.median(seen), abs=1e-5)
+    assert row['s_per_iter_seen_shapes'] == pytest.approx(0.5, abs=0.011)  # the new-shape iterations left out
+
+    ref = dict(row, config='ref.py', gpus=1, s_per_iter_seen_shapes=0.6)
+    mine = dict(row, config='a.py', label='a', gpus=1, wall_s=1.0)
+    bt.add_ratios([mine, ref], 'ref.py')
+    assert mine['vs_reference_seen'] == pytest.approx(0.6 / row['s_per_iter_seen_shapes'], abs=1e-3)
+    line = bt.table([mine], 'ref')[2]
+    assert f'| 29 ({statistics.mean(new):.3f}) | {row["s_per_iter_seen_shapes"]:.3f} (' in line
+
+
+def test_new_shape_flags_mark_first_occurrences_only():
+    shapes = [(2, 3, 800, 1344), (2, 3, 800, 1344), (1, 3, 800, 1344), (2, 3, 640, 1344), (1, 3, 800, 1344)]
+    assert bt.new_shape_flags(shapes) == [True, False, True, True, False]
 
 
 # --------------------------------------------------------------------------------------------------------- the logs
@@ -81,11 +109,14 @@ def test_reads_mmengine_scalars_json(tmp_path):
         dict(coco_bbox_mAP=0.1, step=2),  # a validation record: no time
         dict(lr=1e-4, data_time=0.01, loss=1.8, time=0.4, iter=3, memory=5050, step=3, loss_scale=256.0),
     ]
+    for line, flag in zip(lines[:2] + lines[3:], (1.0, 0.0, 1.0)):
+        line.update(new_shape=flag, input_h=800.0, input_w=1024.0)
     path.write_text('\n'.join(json.dumps(line) for line in lines) + '\n\n')
     records = bt.read_scalars(str(path))
     assert [r['iter'] for r in records] == [1, 2, 3]
     assert [r['time'] for r in records] == [1.5, 0.5, 0.4]
     assert [r['memory'] for r in records] == [5000, 5100, 5050]
+    assert [r['new_shape'] for r in records] == [True, False, True]
     row = bt.summarise(records, 2, 1)
     assert row['loss_scale_drops'] == 1 and row['peak_memory_mb'] == 5100
 
@@ -97,11 +128,13 @@ def test_reads_mmengine_text_log(tmp_path):
         'time: 15.1205  data_time: 0.0859  memory: 6021  loss: 9.5098  loss_rpn_cls: 0.7002  s0.loss_cls: 4.2782\n'
         'something else\n'
         '11/30 18:21:11 - mmengine - INFO - Iter(train) [  2/200]  base_lr: 6.0e-06 lr: 6.0e-06  eta: 0:00:39  '
-        'time: 0.3894  data_time: 0.0177  memory: 6100  loss: nan  loss_scale: 65536.0000\n')
+        'time: 0.3894  data_time: 0.0177  memory: 6100  loss: nan  loss_scale: 65536.0000  input_h: 800.0000  '
+        'input_w: 1024.0000  new_shape: 1.0000\n')
     records = bt.read_text_log(str(path))
     assert [(r['iter'], r['time'], r['data_time'], r['memory']) for r in records] == [
         (1, 15.1205, 0.0859, 6021), (2, 0.3894, 0.0177, 6100)]
     assert records[0]['loss'] == 9.5098 and records[1]['loss_scale'] == 65536.0
+    assert records[0]['new_shape'] is None and records[1]['new_shape'] is True
     assert bt.summarise(records, 2, 1)['nonfinite_losses'] == 1
 
 
@@ -131,7 +164,8 @@ def test_ratios_and_table():
     assert rows[2]['scaling'] == pytest.approx(0.5 / 0.55, abs=1e-3) and rows[0]['scaling'] == 1.0
     lines = bt.table(rows + [dict(label='b', gpus=1, error='exit status 1')], 'ref')
     assert lines[0].startswith('| config | GPUs |') and '| vs ref |' in lines[0]
-    assert lines[2] == '| a | 1 | 2 | 50 | 1.0 | 5.0 (5) | 0.500 | 0.500 | 4.00 | 0.0% | - | 0.80x | 1.00 | 60 |'
+    assert lines[2] == ('| a | 1 | 2 | 50 | 1.0 | 5.0 (5) | 0.500 | 0.500 | - | - | 4.00 | 0.0% | - | 0.80x | 1.00 '
+                        '| 60 |')
     assert all(line.count('|') == lines[0].count('|') for line in lines)
     assert 'failed: exit status 1' in lines[-1]
 
@@ -147,6 +181,7 @@ def test_run_options_make_an_iteration_based_run_of_the_3x_config():
     assert cfg.train_dataloader.dataset.data_root == '/data/x/'
     assert cfg.train_dataloader.num_workers == 4  # the user's options come last
     assert cfg.model.backbone.init_cfg is None
+    assert dict(cfg.default_hooks.input_shape) == dict(type='InputShapeHook')
     # what the runs keep: the recipe's pipeline, AMP, SyncBN heads, 2 images per GPU
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.train_dataloader.batch_size == 2
     assert cfg.model.roi_head.bbox_head[0].norm_cfg.type == 'SyncBN'
@@ -211,6 +246,8 @@ def test_visible_devices():
     (['--out', 'result.csv'], 'argument --out: the file name must end in .json'),
     (['--cfg-options', 'train_cfg'], 'argument --cfg-options: expected KEY=VALUE'),
     (['--tolerance', '0'], 'argument --tolerance: expected a positive number'),
+    (['--replay-shapes', 'missing.json'], "argument --replay-shapes: no such file 'missing.json'"),
+    (['--replay-shapes', DEMO, '--out', 'x.csv'], 'argument --out: the file name must end in .json'),
 ])
 def test_argument_errors_name_the_argument(argv, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -307,3 +344,21 @@ def test_tiny_cpu_training_through_the_tool(tmp_path):
     assert row['images_per_s'] == pytest.approx(2 / row['s_per_iter'], rel=1e-3)
     assert row['wall_s'] > sum(times) and row['peak_memory_mb'] is None  # no CUDA: no memory field
     assert osp.isfile(row['log']) and 'Iter(train) [4/4]' in open(row['log']).read()
+    # InputShapeHook ran in the training: the first iteration met a new shape, and the count matches the flags
+    flags = row['per_iteration']['new_shape']
+    assert len(flags) == iters and flags[0] is True and all(isinstance(f, bool) for f in flags)
+    assert row['new_shape_iters'] == sum(flags[1:])
+    assert all(h >= 128 and w >= 128 for h, w in zip(row['per_iteration']['input_h'], row['per_iteration']['input_w']))
+
+    # --replay-shapes: the run's data loader replayed without the model gives the shapes and flags the run logged
+    replayed = tmp_path / 'replayed.json'
+    result = run_tool('tools/analysis_tools/benchmark_train.py', '--replay-shapes', str(out), '--out', str(replayed),
+                      timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    again = json.loads(replayed.read_text())
+    (row2,) = again['records']
+    assert row2['replay'] == 'agrees with the shapes and flags the run logged (InputShapeHook)', row2['replay']
+    for key in ('new_shape', 'input_h', 'input_w', 'time'):
+        assert row2['per_iteration'][key] == row['per_iteration'][key], key
+    assert 'replayed_shapes' in again and again['replayed_shapes']['command'].startswith(
+        'python tools/analysis_tools/benchmark_train.py --replay-shapes')

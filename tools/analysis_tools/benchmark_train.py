@@ -3,9 +3,10 @@
 Each run is ``bash tools/dist_train.sh CONFIG GPUS --work-dir ... --cfg-options ...`` (torchrun, ``--launcher
 pytorch``), as a user starts a training, on a generated COCO-layout set at COCO scale, for ``--iters`` iterations;
 the runs go one after another. The tool then reads mmengine's per-iteration log (``vis_data/scalars.json``: ``time``,
-``data_time``, ``memory``) and prints per (config, GPUs): iterations, the first iteration's time, warm-up,
-steady-state s/iter, the mean s/iter of the last half, images/s, data_time share, peak memory and the ratio to a
-reference config (mmdet's Swin-T by default) at the same GPU count.
+``data_time``, ``memory``, ``new_shape``) and prints per (config, GPUs): iterations, the first iteration's time,
+warm-up, steady-state s/iter, the mean s/iter of the last half, the iterations that met a new input shape and
+their mean s/iter, the s/iter of the others, images/s, data_time share, peak memory and the ratio to a reference
+config (mmdet's Swin-T by default) at the same GPU count.
 
     python tools/analysis_tools/benchmark_train.py                      # T and Swin-T 3x, 1 and 2 GPUs, 200 iterations
     python tools/analysis_tools/benchmark_train.py --configs configs/det/cascade_mambavision_t_3x.py \\
@@ -18,8 +19,9 @@ What the runs change in the configs (``--cfg-options``, before the user's own): 
 7330 iterations long on 16 GPUs: epoch ends do not show in its throughput, nor here), no validation, no
 checkpoints, one log line per iteration with unsmoothed times (``log_processor.window_size=1``), the backbone
 without pretrained weights (speed does not depend on them), a fixed seed (the same random image sizes for every
-config at one GPU count). Everything else is the config's: the multi-scale pipeline, AMP, SyncBN, 2 images per GPU,
-the data loader's workers.
+config at one GPU count), and ``InputShapeHook`` (``default_hooks.input_shape``: the backbone input's shape per
+iteration and whether rank 0 met it before). Everything else is the config's: the multi-scale pipeline, AMP,
+SyncBN, 2 images per GPU, the data loader's workers.
 
 Warm-up: with t_1..t_n the logged iteration times and M the median of the last half of them (at least --window),
 the warm-up ends at the first iteration k such that for every i >= k the median of t_max(k, i-w+1)..t_i (the
@@ -73,6 +75,7 @@ def run_options(iters: int, data_root: str, seed: int = 0) -> List[str]:
         'default_hooks.checkpoint=None', 'default_hooks.logger.interval=1',
         'log_processor.window_size=1', 'log_processor.by_epoch=False',
         'model.backbone.init_cfg=None', f'randomness.seed={seed}',
+        'default_hooks.input_shape.type=InputShapeHook',
     ]
 
 
@@ -121,7 +124,17 @@ def ensure_data(root: str, num_images: int, image_size: Tuple[int, int]) -> str:
 
 # --------------------------------------------------------------------------------------------------------- the logs
 _TEXT_LINE = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/\s*\d+\](.*)$')
-_TEXT_FIELD = re.compile(r'\b(time|data_time|memory|loss|loss_scale):\s*([-+0-9.eEinfa]+)')
+_TEXT_FIELD = re.compile(
+    r'\b(time|data_time|memory|loss|loss_scale|new_shape|input_h|input_w):\s*([-+0-9.eEinfa]+)')
+
+
+def _flag(value) -> Optional[bool]:
+    """InputShapeHook's ``new_shape`` (1 or 0) as a bool; None where the log has none."""
+    return None if value is None else bool(round(float(value)))
+
+
+def _size(value) -> Optional[int]:
+    return None if value is None else int(round(float(value)))
 
 
 def read_scalars(path: str) -> List[dict]:
@@ -142,7 +155,8 @@ def read_scalars(path: str) -> List[dict]:
             records[int(it)] = dict(iter=int(it), time=float(record['time']),
                                     data_time=float(record.get('data_time', 0.0)),
                                     memory=record.get('memory'), loss=record.get('loss'),
-                                    loss_scale=record.get('loss_scale'))
+                                    loss_scale=record.get('loss_scale'), new_shape=_flag(record.get('new_shape')),
+                                    input_h=_size(record.get('input_h')), input_w=_size(record.get('input_w')))
     return [records[i] for i in sorted(records)]
 
 
@@ -167,7 +181,8 @@ def read_text_log(path: str) -> List[dict]:
             memory = fields.get('memory')
             records[it] = dict(iter=it, time=fields['time'], data_time=fields.get('data_time', 0.0),
                                memory=int(memory) if memory is not None else None, loss=fields.get('loss'),
-                               loss_scale=fields.get('loss_scale'))
+                               loss_scale=fields.get('loss_scale'), new_shape=_flag(fields.get('new_shape')),
+                               input_h=_size(fields.get('input_h')), input_w=_size(fields.get('input_w')))
     return [records[i] for i in sorted(records)]
 
 
@@ -245,6 +260,12 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
     memory = [r['memory'] for r in records if r.get('memory') is not None]
     losses = [r.get('loss') for r in records if r.get('loss') is not None]
     scales = [r.get('loss_scale') for r in records if r.get('loss_scale') is not None]
+    # InputShapeHook's flag: the iterations (after the first) that met a new input shape, and the others
+    flags = [r.get('new_shape') for r in records]
+    shapes_logged = len(times) > 1 and all(flag is not None for flag in flags)
+    new = [t for t, flag in zip(times[1:], flags[1:]) if flag] if shapes_logged else []
+    half = last_half(times, window)
+    seen = [t for t, flag in zip(times[half:], flags[half:]) if not flag] if shapes_logged else []
     return dict(
         iterations=len(times),
         first_iter=records[0]['iter'] if records else None,
@@ -255,6 +276,9 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
         steady_iters=len(steady),
         s_per_iter=round(s_per_iter, 5),
         mean_s_per_iter_last_half=round(statistics.mean(times[last_half(times, window):]), 5) if times else None,
+        new_shape_iters=len(new) if shapes_logged else None,
+        mean_s_new_shape=round(statistics.mean(new), 5) if new else None,
+        s_per_iter_seen_shapes=round(statistics.median(seen), 5) if seen else None,
         images_per_step=batch_per_gpu * gpus,
         images_per_s=round(batch_per_gpu * gpus / s_per_iter, 3) if s_per_iter > 0 else None,
         data_time_share=round(sum(data[start:]) / sum(steady), 4) if sum(steady) > 0 else None,
@@ -266,8 +290,9 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
 
 
 def add_ratios(rows: List[dict], reference: str) -> None:
-    """``vs_reference``: the row's images/s over the reference config's at the same GPU count; ``scaling``: images/s
-    over (GPUs x the same config's images/s on 1 GPU)."""
+    """``vs_reference``: the row's images/s over the reference config's at the same GPU count (``vs_reference_seen``:
+    the same from the s/iter of the iterations on shapes met before); ``scaling``: images/s over (GPUs x the same
+    config's images/s on 1 GPU)."""
     by_key = {(row['config'], row['gpus']): row for row in rows if row.get('images_per_s')}
     for row in rows:
         ref = by_key.get((reference, row['gpus']))
@@ -275,6 +300,8 @@ def add_ratios(rows: List[dict], reference: str) -> None:
         ips = row.get('images_per_s')
         row['vs_reference'] = round(ips / ref['images_per_s'], 3) if ips and ref else None
         row['scaling'] = round(ips / (row['gpus'] * one['images_per_s']), 3) if ips and one else None
+        seen, ref_seen = row.get('s_per_iter_seen_shapes'), (ref or {}).get('s_per_iter_seen_shapes')
+        row['vs_reference_seen'] = round(ref_seen / seen, 3) if seen and ref_seen else None
 
 
 def _fmt(value, spec: str, empty: str = '-') -> str:
@@ -283,8 +310,8 @@ def _fmt(value, spec: str, empty: str = '-') -> str:
 
 def table(rows: List[dict], reference_label: str) -> List[str]:
     columns = ['config', 'GPUs', 'images/step', 'iterations', 'first iteration s', 'warm-up s (iterations)', 's/iter',
-               'mean s/iter, last half', 'images/s', 'data_time share', 'peak memory MB', f'vs {reference_label}',
-               'scaling vs 1 GPU', 'wall s']
+               'mean s/iter, last half', 'new shapes (mean s)', f's/iter, shapes seen (vs {reference_label})',
+               'images/s', 'data_time share', 'peak memory MB', f'vs {reference_label}', 'scaling vs 1 GPU', 'wall s']
     failure_at = columns.index('warm-up s (iterations)')  # a failed run's message goes in that cell
     lines = ['| ' + ' | '.join(columns) + ' |', '|---|' + '---:|' * (len(columns) - 1)]
     for row in rows:
@@ -296,9 +323,13 @@ def table(rows: List[dict], reference_label: str) -> List[str]:
         warm = (f'{row["warmup_s"]:.1f} ({row["warmup_iters"]})' if row['settled']
                 else f'not settled (>{row["iterations"] - row["steady_iters"]})')
         share = row['data_time_share']
+        new = '-' if row.get('new_shape_iters') is None else (
+            f'{row["new_shape_iters"]}' + (f' ({row["mean_s_new_shape"]:.3f})' if row.get('mean_s_new_shape') else ''))
+        seen = _fmt(row.get('s_per_iter_seen_shapes'), '.3f') + (
+            f' ({row["vs_reference_seen"]:.2f}x)' if row.get('vs_reference_seen') else '')
         cells = [row['label'], row['gpus'], row['images_per_step'], row['iterations'],
                  _fmt(row.get('first_iter_s'), '.1f'), warm, f'{row["s_per_iter"]:.3f}',
-                 _fmt(row.get('mean_s_per_iter_last_half'), '.3f'), _fmt(row['images_per_s'], '.2f'),
+                 _fmt(row.get('mean_s_per_iter_last_half'), '.3f'), new, seen, _fmt(row['images_per_s'], '.2f'),
                  '-' if share is None else f'{100 * share:.1f}%',
                  _fmt(row['peak_memory_mb'], 'd'), _fmt(row.get('vs_reference'), '.2f') + 'x' * bool(
                      row.get('vs_reference')), _fmt(row.get('scaling'), '.2f'), f'{row["wall_s"]:.0f}']
@@ -310,7 +341,9 @@ def notes(rows: List[dict], window: int, tolerance: float) -> List[str]:
     out = [f'warm-up: until the trailing median of {window} iterations stays within {100 * tolerance:g}% of the '
            'median of the last half; first iteration s: its logged time (a compile, cuDNN\'s first plans, the '
            'allocator\'s first blocks); s/iter: median after the warm-up; mean s/iter, last half: what new input '
-           'shapes cost on top; images/s: images/step / s/iter; '
+           'shapes cost on top; new shapes: iterations after the first whose backbone input had a shape rank 0 had '
+           'not met before (InputShapeHook), their mean s; s/iter, shapes seen: the median of the other iterations of '
+           'the last half, what a long schedule tends to; images/s: images/step / s/iter; '
            'data_time share: data_time / time after the warm-up; peak memory: rank 0, mmengine\'s `memory` '
            '(torch.cuda.max_memory_allocated); wall s: the whole run, start-up and exit included']
     for row in rows:
@@ -411,6 +444,97 @@ def label_of(config: str) -> str:
     return osp.splitext(osp.basename(config))[0]
 
 
+# ------------------------------------------------------------------------------------ replaying a run's input shapes
+def replay_shapes(config: str, options: Sequence[str], iters: int) -> List[Tuple[int, ...]]:
+    """The backbone input shapes (batch, channels, height, width) of the first ``iters`` iterations of a one-process
+    run of ``config`` with ``options``, from its own training data loader on the CPU, no model run: mmengine's
+    ``Runner`` built from the config (seeded as the run was), its ``IterBasedTrainLoop``'s data iterator, and the
+    shape the data preprocessor gives a batch (the largest image, padded up to ``pad_size_divisor`` and at least
+    ``size`` where the preprocessor has them). Data loading is seeded by the config's ``randomness.seed``, so the
+    shapes are those rank 0 of a one-GPU run met."""
+    import shutil
+    import tempfile
+    from mmengine.runner import Runner
+    cfg = load_config(config, options)
+    work_dir = tempfile.mkdtemp(prefix='benchmark_train_replay_')
+    cfg.work_dir, cfg.launcher = work_dir, 'none'
+    # nothing to draw; and a config's visualizer name (mmdet's 'visualizer') would reuse an earlier replay's instance
+    cfg.visualizer = dict(type='Visualizer', name=osp.basename(work_dir), vis_backends=[])
+    preprocessor = cfg.model.get('data_preprocessor') or {}
+    divisor = int(preprocessor.get('pad_size_divisor', 1) or 1)
+    least = tuple(preprocessor.get('size') or (0, 0))
+    shapes = []
+    try:
+        runner = Runner.from_cfg(cfg)
+        iterator = runner.build_train_loop(runner._train_loop).dataloader_iterator
+        for _ in range(iters):
+            inputs = next(iterator)['inputs']
+            height = max(max(x.shape[-2] for x in inputs), least[0])
+            width = max(max(x.shape[-1] for x in inputs), least[1])
+            shapes.append((len(inputs), int(inputs[0].shape[0]), -(-height // divisor) * divisor,
+                           -(-width // divisor) * divisor))
+        del iterator
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return shapes
+
+
+def new_shape_flags(shapes: Sequence[Tuple[int, ...]]) -> List[bool]:
+    """True where a shape comes for the first time (InputShapeHook's ``new_shape``)."""
+    seen, flags = set(), []
+    for shape in shapes:
+        flags.append(shape not in seen)
+        seen.add(shape)
+    return flags
+
+
+def replay(args) -> List[dict]:
+    """``--replay-shapes``: the new-shape figures of a result file's one-GPU rows from a replay of their loaders."""
+    with open(args.replay_shapes) as f:
+        content = json.load(f)
+    data = content['data']
+    root = osp.abspath(args.data_root or data['root'])
+    print(ensure_data(root, data['num_images'], tuple(data['image_size'])), flush=True)
+    options = list(content['run_options']) + [f'train_dataloader.dataset.data_root={root.rstrip("/")}/']
+    rows = [row for row in content['records'] if not row.get('error')]
+    for row in rows:
+        if row['gpus'] != 1:
+            row['replay'] = 'not replayed: only one-GPU runs (on N GPUs rank 0 gets a shard of every batch)'
+            continue
+        per = row['per_iteration']
+        path = row['config'] if osp.isfile(row['config']) else osp.join(REPO, row['config'])
+        shapes = replay_shapes(path, options, len(per['time']))
+        flags = new_shape_flags(shapes)
+        mine = list(zip(flags, [s[2] for s in shapes], [s[3] for s in shapes]))
+        logged = list(zip(per.get('new_shape') or [], per.get('input_h') or [], per.get('input_w') or []))
+        if logged and all(None not in entry for entry in logged):
+            differ = [i + 1 for i, (a, b) in enumerate(zip(logged, mine)) if a != b]
+            row['replay'] = ('agrees with the shapes and flags the run logged (InputShapeHook)' if not differ else
+                             f'DIFFERS from the shapes the run logged, at iterations {differ[:10]}')
+        else:
+            row['replay'] = 'new-shape flags from the replay'
+        per.update(new_shape=flags, input_h=[s[2] for s in shapes], input_w=[s[3] for s in shapes])
+        records = [dict(iter=it, time=t, data_time=d, memory=m, new_shape=flag)
+                   for it, t, d, m, flag in zip(per['iter'], per['time'], per['data_time'], per['memory'], flags)]
+        row.update(summarise(records, row['images_per_step'] // row['gpus'], row['gpus'], args.window,
+                             args.tolerance))
+        print(f'{row["label"]}: {row["replay"]}', flush=True)
+    add_ratios(rows, next((r['config'] for r in rows if r['label'] == content['reference']), None))
+    lines = table(rows, content['reference']) + [f'note: {note}' for note in notes(rows, args.window, args.tolerance)]
+    lines += [f'note: {row["label"]} on {row["gpus"]} GPU(s): {row["replay"]}' for row in rows if row.get('replay')]
+    print(f'\n{args.replay_shapes} ({content["device"]}, {content["date"]}, commit {content["commit"]}), input '
+          'shapes replayed on the CPU\n' + '\n'.join(lines))
+    if args.out:
+        content.update(table=lines, replayed_shapes=dict(
+            command='python tools/analysis_tools/benchmark_train.py ' + shlex.join(args.argv), commit=git_commit(),
+            date=datetime.date.today().isoformat()))
+        with open(args.out, 'w') as f:
+            json.dump(content, f, indent=1)
+            f.write('\n')
+        print(f'\nwritten to {args.out}')
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------- the CLI
 def positive_int(text: str) -> int:
     try:
@@ -467,7 +591,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                         help=f'seconds a run may take before it is stopped (default: {DEFAULT_TIMEOUT})')
     parser.add_argument('--out', metavar='FILE.json', help='write the table, the runs and their per-iteration times')
     parser.add_argument('--dry-run', action='store_true', help='print the commands and exit')
+    parser.add_argument('--replay-shapes', metavar='RESULT.json',
+                        help='no training: replay the data loader of each one-GPU run in a result file of this tool '
+                        '(on the CPU, seeded as the run was, its generated data made again under --data-root or '
+                        'the file\'s data root) to tell which iterations met a new input shape; prints the table '
+                        'with the new-shape columns (and checks the flags against those the run logged, if any); '
+                        '--out writes the file back with them')
     args = parser.parse_args(argv)
+    if args.replay_shapes is not None:
+        if not osp.isfile(args.replay_shapes):
+            parser.error(f'argument --replay-shapes: no such file {args.replay_shapes!r}')
+        if args.out is not None and not args.out.endswith('.json'):
+            parser.error(f'argument --out: the file name must end in .json, got {args.out!r}')
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return args, parser
 
     configs = []
     for config in args.configs:
@@ -534,6 +671,8 @@ def check_devices(args, parser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args, parser = parse_args(argv)
+    if args.replay_shapes is not None:
+        return replay(args)
     work_dir = osp.abspath(args.work_dir)
     height, width = args.image_size
     data_root = osp.abspath(args.data_root or osp.join(work_dir, f'data_{args.num_images}_{height}x{width}'))
@@ -592,7 +731,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         row['scalars'] = scalars
         row['per_iteration'] = dict(iter=[r['iter'] for r in records], time=[r['time'] for r in records],
                                     data_time=[r['data_time'] for r in records],
-                                    memory=[r['memory'] for r in records])
+                                    memory=[r['memory'] for r in records],
+                                    new_shape=[r.get('new_shape') for r in records],
+                                    input_h=[r.get('input_h') for r in records],
+                                    input_w=[r.get('input_w') for r in records])
         if row['iterations'] != args.iters:
             row['note'] = f'{row["iterations"]} iterations logged, {args.iters} asked for'
         rows.append(row)
