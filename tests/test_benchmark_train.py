@@ -100,6 +100,40 @@ def test_new_shape_flags_mark_first_occurrences_only():
     assert bt.new_shape_flags(shapes) == [True, False, True, True, False]
 
 
+def test_replay_adds_the_new_shape_figures_and_keeps_the_rest(tmp_path, monkeypatch):
+    # A result file as the tool writes it (two one-GPU rows, one 2-GPU row), the loader replay faked: every 4th
+    # iteration a new shape. The replay fills the new-shape columns and leaves every other figure as measured.
+    times = steps(0, 40)
+    times = [2.0 * t if i % 4 == 0 else t for i, t in enumerate(times)]
+    per = dict(iter=list(range(1, 41)), time=times, data_time=[0.0] * 40, memory=[100] * 40)
+
+    def row(config, gpus):
+        return dict(config=config, label=config[:-3], gpus=gpus, images_per_step=2 * gpus, wall_s=30.0,
+                    per_iteration=dict(per), loss_scale_drops=3, s_per_iter=0.5, images_per_s=4.0, settled=True,
+                    warmup_s=0.0, warmup_iters=0, iterations=40, steady_iters=40, data_time_share=0.0,
+                    peak_memory_mb=100, nonfinite_losses=0)
+    content = dict(device='GPU', date='2026-12-01', commit='abc', reference='ref', run_options=[],
+                   data=dict(root=str(tmp_path / 'data'), num_images=2, image_size=[64, 64]),
+                   records=[row('a.py', 1), row('ref.py', 1), row('a.py', 2)])
+    path = tmp_path / 'result.json'
+    path.write_text(json.dumps(content))
+    monkeypatch.setattr(bt, 'ensure_data', lambda *a: 'data')
+    replayed = []
+    monkeypatch.setattr(bt, 'replay_shapes', lambda config, options, iters: replayed.append(config) or [
+        (2, 3, 32 * (i // 4 + 1), 64) if i % 4 == 0 else (2, 3, 32, 64) for i in range(iters)])
+    out = tmp_path / 'replayed.json'
+    bt.main(['--replay-shapes', str(path), '--out', str(out)])
+    a, ref, two = json.loads(out.read_text())['records']
+    assert [osp.basename(c) for c in replayed] == ['a.py', 'ref.py']  # not the 2-GPU row
+    assert a['new_shape_iters'] == 9 and a['mean_s_new_shape'] == pytest.approx(statistics.mean(times[4::4]), 1e-4)
+    assert a['s_per_iter_seen_shapes'] == pytest.approx(
+        statistics.median(t for i, t in enumerate(times[20:], 20) if i % 4), abs=1e-5)
+    assert a['vs_reference_seen'] == 1.0 and a['per_iteration']['input_h'][4] == 64
+    assert a['loss_scale_drops'] == 3 and a['s_per_iter'] == 0.5  # as measured
+    assert a['replay'] == 'new-shape flags from the replay' and two['replay'].startswith('not replayed')
+    assert 'new_shape_iters' not in two
+
+
 # --------------------------------------------------------------------------------------------------------- the logs
 def test_reads_mmengine_scalars_json(tmp_path):
     path = tmp_path / 'scalars.json'

@@ -516,8 +516,8 @@ def replay(args) -> List[dict]:
         per.update(new_shape=flags, input_h=[s[2] for s in shapes], input_w=[s[3] for s in shapes])
         records = [dict(iter=it, time=t, data_time=d, memory=m, new_shape=flag)
                    for it, t, d, m, flag in zip(per['iter'], per['time'], per['data_time'], per['memory'], flags)]
-        row.update(summarise(records, row['images_per_step'] // row['gpus'], row['gpus'], args.window,
-                             args.tolerance))
+        fresh = summarise(records, row['images_per_step'] // row['gpus'], row['gpus'], args.window, args.tolerance)
+        row.update({key: fresh[key] for key in ('new_shape_iters', 'mean_s_new_shape', 's_per_iter_seen_shapes')})
         print(f'{row["label"]}: {row["replay"]}', flush=True)
     add_ratios(rows, next((r['config'] for r in rows if r['label'] == content['reference']), None))
     lines = table(rows, content['reference']) + [f'note: {note}' for note in notes(rows, args.window, args.tolerance)]
