@@ -247,6 +247,18 @@ def warmup_iterations(times: Sequence[float], window: int = DEFAULT_WINDOW,
     return None
 
 
+def shape_figures(times: Sequence[float], flags: Sequence[Optional[bool]], window: int = DEFAULT_WINDOW) -> dict:
+    """From InputShapeHook's per-iteration flags: how many iterations after the first met a new input shape, their
+    mean s/iter, and the median s/iter of the other iterations of the last half (all None without flags)."""
+    if len(times) < 2 or any(flag is None for flag in flags):
+        return dict(new_shape_iters=None, mean_s_new_shape=None, s_per_iter_seen_shapes=None)
+    new = [t for t, flag in zip(times[1:], flags[1:]) if flag]
+    half = last_half(times, window)
+    seen = [t for t, flag in zip(times[half:], flags[half:]) if not flag]
+    return dict(new_shape_iters=len(new), mean_s_new_shape=round(statistics.mean(new), 5) if new else None,
+                s_per_iter_seen_shapes=round(statistics.median(seen), 5) if seen else None)
+
+
 def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: int = DEFAULT_WINDOW,
               tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """One row's figures from its per-iteration records."""
@@ -254,18 +266,13 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
     data = [r['data_time'] for r in records]
     warmup = warmup_iterations(times, window, tolerance)
     settled = warmup is not None
-    start = warmup if settled else last_half(times, window)
+    half = last_half(times, window)
+    start = warmup if settled else half
     steady = times[start:]
     s_per_iter = statistics.median(steady)
     memory = [r['memory'] for r in records if r.get('memory') is not None]
     losses = [r.get('loss') for r in records if r.get('loss') is not None]
     scales = [r.get('loss_scale') for r in records if r.get('loss_scale') is not None]
-    # InputShapeHook's flag: the iterations (after the first) that met a new input shape, and the others
-    flags = [r.get('new_shape') for r in records]
-    shapes_logged = len(times) > 1 and all(flag is not None for flag in flags)
-    new = [t for t, flag in zip(times[1:], flags[1:]) if flag] if shapes_logged else []
-    half = last_half(times, window)
-    seen = [t for t, flag in zip(times[half:], flags[half:]) if not flag] if shapes_logged else []
     return dict(
         iterations=len(times),
         first_iter=records[0]['iter'] if records else None,
@@ -275,10 +282,8 @@ def summarise(records: Sequence[dict], batch_per_gpu: int, gpus: int, window: in
         warmup_s=round(sum(times[:warmup]), 3) if settled else None,
         steady_iters=len(steady),
         s_per_iter=round(s_per_iter, 5),
-        mean_s_per_iter_last_half=round(statistics.mean(times[last_half(times, window):]), 5) if times else None,
-        new_shape_iters=len(new) if shapes_logged else None,
-        mean_s_new_shape=round(statistics.mean(new), 5) if new else None,
-        s_per_iter_seen_shapes=round(statistics.median(seen), 5) if seen else None,
+        mean_s_per_iter_last_half=round(statistics.mean(times[half:]), 5) if times else None,
+        **shape_figures(times, [r.get('new_shape') for r in records], window),
         images_per_step=batch_per_gpu * gpus,
         images_per_s=round(batch_per_gpu * gpus / s_per_iter, 3) if s_per_iter > 0 else None,
         data_time_share=round(sum(data[start:]) / sum(steady), 4) if sum(steady) > 0 else None,
@@ -514,10 +519,7 @@ def replay(args) -> List[dict]:
         else:
             row['replay'] = 'new-shape flags from the replay'
         per.update(new_shape=flags, input_h=[s[2] for s in shapes], input_w=[s[3] for s in shapes])
-        records = [dict(iter=it, time=t, data_time=d, memory=m, new_shape=flag)
-                   for it, t, d, m, flag in zip(per['iter'], per['time'], per['data_time'], per['memory'], flags)]
-        fresh = summarise(records, row['images_per_step'] // row['gpus'], row['gpus'], args.window, args.tolerance)
-        row.update({key: fresh[key] for key in ('new_shape_iters', 'mean_s_new_shape', 's_per_iter_seen_shapes')})
+        row.update(shape_figures(per['time'], flags, args.window))
         print(f'{row["label"]}: {row["replay"]}', flush=True)
     add_ratios(rows, next((r['config'] for r in rows if r['label'] == content['reference']), None))
     lines = table(rows, content['reference']) + [f'note: {note}' for note in notes(rows, args.window, args.tolerance)]
@@ -598,12 +600,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                         'with the new-shape columns (and checks the flags against those the run logged, if any); '
                         '--out writes the file back with them')
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.out is not None and not args.out.endswith('.json'):
+        parser.error(f'argument --out: the file name must end in .json, got {args.out!r}')
     if args.replay_shapes is not None:
         if not osp.isfile(args.replay_shapes):
             parser.error(f'argument --replay-shapes: no such file {args.replay_shapes!r}')
-        if args.out is not None and not args.out.endswith('.json'):
-            parser.error(f'argument --out: the file name must end in .json, got {args.out!r}')
-        args.argv = list(sys.argv[1:] if argv is None else argv)
         return args, parser
 
     configs = []
@@ -632,12 +634,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     if min(args.image_size) < 32:
         parser.error(f'argument --image-size: expected H W, two ints of at least 32, got '
                      f'{" ".join(map(str, args.image_size))}')
-    if args.out is not None and not args.out.endswith('.json'):
-        parser.error(f'argument --out: the file name must end in .json, got {args.out!r}')
     for option in args.cfg_options:
         if '=' not in option:
             parser.error(f'argument --cfg-options: expected KEY=VALUE, got {option!r}')
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args, parser
 
 
