@@ -35,6 +35,7 @@ DET_MODELS = {
     'mambavision_t': ('MambaVision-T', 'configs/det/cascade_mambavision_t_3x.py'),
     'mambavision_s': ('MambaVision-S', 'configs/det/cascade_mambavision_s_3x.py'),
     'mambavision_b': ('MambaVision-B', 'configs/det/cascade_mambavision_b_3x.py'),
+    'mambavision_t_graphs': ('MambaVision-T, CUDA graphs', 'configs/det/cascade_mambavision_t_3x_cudagraphs.py'),
     'swin_t': ('Swin-T', 'configs/det/cascade_mambavision_t_3x.py'),  # its backbone replaced by SWIN_T
 }
 # mmdet's Swin-T as in configs/swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py, without the ImageNet weights.
