@@ -2,6 +2,7 @@
 time goes): argument errors, the table's lines, the rows timed in turns, the loss scaler's settling, the profiler's
 attribution of kineto events, on synthetic inputs; the tools themselves on CPU (slow)."""
 import gc
+import os
 import re
 
 import pytest
@@ -18,6 +19,9 @@ def test_benchmark_det_model_specs():
     assert benchmark_det.parse_det_model('mambavision_s') == ('mambavision_s', None)
     assert benchmark_det.parse_det_model('mambavision_t@8,8,56,28') == ('mambavision_t', (8, 8, 56, 28))
     assert benchmark_det.parse_det_model('mambavision_b@8,8,none,None') == ('mambavision_b', (8, 8, None, None))
+    assert benchmark_det.parse_det_model('mambavision_t_graphs') == ('mambavision_t_graphs', None)
+    for label, config in benchmark_det.DET_MODELS.values():  # every row's config is there
+        assert os.path.isfile(os.path.join(benchmark_det.REPO, config)), (label, config)
     for bad in ('swin_s', 'swin_t@8,8,8,8', 'mambavision_t@8,8,56', 'mambavision_t@8,8,0,4',
                 'mambavision_t@none,8,8,8', 'mambavision_t@8,8,x,8'):
         with pytest.raises(ValueError):
@@ -218,7 +222,8 @@ def test_profile_table_lines_and_the_warning_when_cuda_recorded_no_kernels():
     (benchmark_det, ['--det-size', '0', '96'], 'argument --det-size'),
     (benchmark_det, ['--det-size', '64'], 'argument --det-size'),
     (benchmark_det, ['--det-size', '64', 'wide'], 'argument --det-size'),
-    (benchmark_det, ['--det-models', 'resnet50'], 'allowed: mambavision_t, mambavision_s, mambavision_b, swin_t'),
+    (benchmark_det, ['--det-models', 'resnet50'],
+     'allowed: mambavision_t, mambavision_s, mambavision_b, mambavision_t_graphs, swin_t'),
     (benchmark_det, ['--det-models', 'swin_t', '--det-window', '8', '8', '56', '28'], 'argument --det-window'),
     (benchmark_det, ['--det-window', '8', 'none', '8', '8'], 'argument --det-window'),
     (benchmark_det, ['--det-rounds', '0'], 'argument --det-rounds: must be a positive int'),
@@ -230,7 +235,8 @@ def test_profile_table_lines_and_the_warning_when_cuda_recorded_no_kernels():
     (benchmark_det, ['--det-profile'], 'unrecognized arguments: --det-profile'),
     (profile_det, ['--det-optim'], 'unrecognized arguments: --det-optim'),  # it profiles the whole train step
     (profile_det, ['--det-rounds', '0'], 'argument --det-rounds: must be a positive int'),
-    (profile_det, ['--det-models', 'resnet50'], 'allowed: mambavision_t, mambavision_s, mambavision_b, swin_t'),
+    (profile_det, ['--det-models', 'resnet50'],
+     'allowed: mambavision_t, mambavision_s, mambavision_b, mambavision_t_graphs, swin_t'),
 ])
 def test_det_tools_bad_arguments_exit_with_a_message(tool, args, message, capsys):
     """Every error comes before any detector is built."""

@@ -13,6 +13,8 @@
 #      turns (3 rounds)                                                                 T_DET=360
 #   3b. the AdamW step alone (benchmark_det.py --det-optim): merged param groups vs mmengine's default
 #      constructor                                                                      120
+#   3c. what a new input size costs that step (benchmark_new_shapes.py --profile): T, T with CUDA graphs,
+#      Swin-T, each in its own process                                                  T_SHAPES=420
 #   4. selective-scan kernels (benchmark_scan.py): cuda vs triton at the classification and detection shapes,
 #      fp16, eager and from a CUDA graph, host time per call                            T_SCAN=120
 #   5. against NVIDIA's own model (benchmark_official.py; needs the mambavision package): classification, the
@@ -40,6 +42,7 @@ run det "${T_DET:-360}" $PY tools/analysis_tools/profile_det.py --warmup 5 --run
   --det-models swin_t mambavision_t mambavision_t@8,8,56,28 mambavision_t@8,8,none,none mambavision_s mambavision_b
 run det_optim 120 $PY tools/analysis_tools/benchmark_det.py --det-optim --warmup 3 --runs 10 \
   --det-models swin_t mambavision_t
+run new_shapes "${T_SHAPES:-420}" $PY tools/analysis_tools/benchmark_new_shapes.py --profile --out "$OUT/new_shapes.json"
 run scan "${T_SCAN:-120}" $PY tools/analysis_tools/benchmark_scan.py --device cuda --cuda-graph --host-time \
   --shapes 128x160x196 2x160x12544 \
   --dtypes fp16 --backends cuda triton
@@ -48,7 +51,7 @@ run official "${T_OFFICIAL:-600}" $PY tools/analysis_tools/benchmark_official.py
 GPUS=$($PY -c 'import torch; print(" ".join(str(n) for n in (1, 2) if n <= torch.cuda.device_count()))')
 run train "${T_TRAIN:-600}" $PY tools/analysis_tools/benchmark_train.py --configs configs/det/cascade_mambavision_t_3x.py \
   configs/det/cascade_swin_t_3x.py --gpus $GPUS --iters 200 --data-root "$OUT/coco_scale" --out "$OUT/train.json"
-for name in scan_gpu_tests cls cls_fused cls_triton det det_optim scan official train; do
+for name in scan_gpu_tests cls cls_fused cls_triton det det_optim new_shapes scan official train; do
   echo; echo "### $name"
-  grep -E '^\||^device|^ratios|^note|^floor|^warm-up|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -40
+  grep -E '^\||^device|^ratios|^note|^floor|^warm-up|^(cuda|triton|torch) |passed|failed|error' "$OUT/$name.log" | grep -v -i 'warn' | tail -60
 done

@@ -8,7 +8,8 @@ MambaVision T/S/B beside timm's Swin-T and ConvNeXt-T (when timm is installed) i
     python tools/analysis_tools/benchmark.py --channels-last --compile                    # torch.compile, every model
     MMMV_SCAN_BACKEND=triton python tools/analysis_tools/benchmark.py --models mambavision_tiny convnext_tiny
 
-The detection training step has its own tool: benchmark_det.py (and profile_det.py, where its time goes).
+The detection training step has its own tool: benchmark_det.py (and profile_det.py, where its time goes;
+benchmark_new_shapes.py, what a new input size costs it).
 """
 import argparse
 import statistics

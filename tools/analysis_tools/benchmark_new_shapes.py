@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 import benchmark_det
-from timing import non_negative_int, positive_int
+from timing import non_negative_int, positive_int, synced_times
 
 REPO = benchmark_det.REPO
 RESULT_TAG = 'NEW_SHAPES_ROW '  # a row's process prints its result as one JSON line after this
@@ -69,13 +69,8 @@ def multi_scale_sizes(image: Sequence[int], short_sides: Sequence[int] = SHORT_S
 
 
 def timed(step, cuda: bool) -> float:
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    """Seconds of one ``step()``, synchronised on CUDA."""
+    return synced_times(step, 1, 0, torch.device('cuda' if cuda else 'cpu'))[0]
 
 
 def operator_host_us(step, cuda: bool):

@@ -1,5 +1,6 @@
-"""The timing of the analysis tools (benchmark.py, benchmark_det.py, profile_det.py, benchmark_scan.py): synchronised
-timing, CUDA-graph timing, host time per call, and the argparse types of their counts (--runs, --warmup, ...).
+"""The timing of the analysis tools (benchmark.py, benchmark_det.py, profile_det.py, benchmark_scan.py,
+benchmark_new_shapes.py): synchronised timing, CUDA-graph timing, host time per call, and the argparse types of their
+counts (--runs, --warmup, ...).
 
 The tools import it as a sibling module (``tools/analysis_tools`` is the script's folder when one is run, and on
 pytest's pythonpath)::
