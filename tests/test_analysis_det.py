@@ -28,6 +28,19 @@ def test_benchmark_det_model_specs():
             benchmark_det.parse_det_model(bad)
 
 
+@pytest.mark.parametrize('compile_, graphs', [(dict(mode='reduce-overhead'), True),
+                                              (dict(options={'triton.cudagraphs': True}), True),
+                                              (True, False), (dict(mode='max-autotune-no-cudagraphs'), False),
+                                              (False, False)])
+def test_replays_graphs_reads_the_backbones_compile_mode(compile_, graphs):
+    """A graph-mode row's peak memory must count its warm-up (where the graphs' pool is allocated)."""
+    from types import SimpleNamespace
+
+    from mmmambavision.models import MambaVision
+    detector = SimpleNamespace(backbone=MambaVision(arch='tiny', compile=compile_))
+    assert benchmark_det.replays_graphs(detector) is graphs
+
+
 def test_benchmark_det_rounds_default_and_errors():
     assert benchmark_det.DET_DEFAULTS['cuda']['rounds'] > 1 and benchmark_det.DET_DEFAULTS['cpu']['rounds'] == 1
     assert benchmark_det.parse_args(['--det-rounds', '4'])[0].det_rounds == 4

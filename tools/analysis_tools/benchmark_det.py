@@ -243,18 +243,33 @@ def timed_det_steps(model, optim_wrapper, data: dict, runs: int, warmup: int, de
     return times, sum(after < before for before, after in zip(scales[warmup:], scales[warmup + 1:]))
 
 
+def replays_graphs(model) -> bool:
+    """Whether the detector's backbone trains from CUDA graphs (blocks compiled in a torch.compile mode that records
+    them, e.g. ``compile=dict(mode='reduce-overhead')``): their memory pool is allocated while they are recorded, in
+    the first steps, and a replay allocates nothing."""
+    from mmmambavision.models.utils import compile_records_graphs
+    return any(compile_records_graphs(getattr(module, 'compile_options', None))
+               for module in model.backbone.modules())
+
+
 def measure_det(model, optim_wrapper, data: dict, runs: int, warmup: int, device: torch.device, others: int = 0):
     """Median ms of ``model.train_step`` (preprocessing, forward, loss, backward, optimiser step), synchronised,
-    the peak allocated GiB (CUDA; less ``others`` bytes held by other live detectors), how many timed steps the loss
-    scaler skipped, and how many extra warm-up steps it took for the loss scaler to settle (``settle_loss_scaler``)."""
+    the peak allocated GiB (CUDA; less ``others`` bytes held by other live detectors; for a backbone that replays
+    CUDA graphs the warm-up counts too, where their pool is allocated), how many timed steps the loss scaler
+    skipped, and how many extra warm-up steps it took for the loss scaler to settle (``settle_loss_scaler``)."""
     cuda = device.type == 'cuda'
+    pool = cuda and replays_graphs(model)
+    if pool:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     scaler = getattr(optim_wrapper, 'loss_scaler', None)
     settle = 0
     if scaler is not None and warmup:
         settle = settle_loss_scaler(lambda: model.train_step(data, optim_wrapper), scaler)
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if not pool:
+            torch.cuda.reset_peak_memory_stats()
     times, skipped = timed_det_steps(model, optim_wrapper, data, runs, warmup, device)
     peak = (torch.cuda.max_memory_allocated() - others) / 2 ** 30 if cuda else None
     return 1000 * statistics.median(times), peak, skipped, settle
@@ -337,7 +352,8 @@ def run_det(args, parser, after_row: Optional[Callable] = None) -> None:
           f'{DET_SETTLE_LIMIT}); step ms: median of '
           + (f'{runs} timed steps per row in each of {rounds} rounds, the rows in turn (all kept on the device)'
              if rounds > 1 else f'{runs} timed steps, one row after the other')
-          + '; synchronised; peak = torch.cuda.max_memory_allocated of each row\'s own steps')
+          + '; synchronised; peak = torch.cuda.max_memory_allocated of each row\'s own steps (with its warm-up where '
+          'the backbone replays CUDA graphs: their pool is allocated there)')
     data = make_det_batch(batch, height, width)
     rows, notes, live = [], [], []  # live: (row index, model, optim_wrapper) kept for the turns
     initial = torch.cuda.memory_allocated() if cuda else 0
