@@ -44,6 +44,23 @@ def test_extra_operators_rank_by_extra_host_time_per_size():
     assert rows[1][1] == pytest.approx(0.2) and rows[2][1:4] == pytest.approx((0.15, 0.15, 0.0))
 
 
+def test_profile_sizes_are_new_to_the_row():
+    args, _ = bns.parse_args(['--image-size', '800', '1024', '--base-size', '800', '1344', '--sizes', '11'])
+    assert bns.profile_sizes(args) == [(448, 576), (416, 544)]
+    # a very wide image: every short side is capped to the same size, which is timed, so none is left to profile
+    args, _ = bns.parse_args(['--image-size', '400', '1600', '--base-size', '64', '96', '--sizes', '1'])
+    assert args.sizes_list == bns.multi_scale_sizes((400, 1600))[:1] and bns.profile_sizes(args) == []
+
+
+def test_operator_table_names_the_profiled_sizes():
+    row = dict(label='T', profiled_sizes=[[448, 576], [416, 544]],
+               operators=[dict(operator='aten::convolution_backward', extra_ms=549.44, new_ms=565.2, again_ms=15.8,
+                               calls=72.0)])
+    lines = bns.operator_table(row)
+    assert lines[0].endswith('(torch.profiler, self time, mean over 448x576, 416x544)')
+    assert lines[3] == '| aten::convolution_backward | 549.4 | 565.2 | 15.8 | 72 |'
+
+
 def test_operator_host_times_come_from_the_profiler():
     seconds, ops = bns.operator_host_us(lambda: torch.ones(64, 64) @ torch.ones(64, 64), cuda=False)
     assert seconds > 0 and ops['aten::mm'][1] == 1 and ops['aten::mm'][0] > 0

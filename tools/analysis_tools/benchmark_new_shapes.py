@@ -137,17 +137,23 @@ def run_row(spec: str, args) -> dict:
         if scaler is not None and scaler.get_scale() < before:
             skipped += 1
         records.append(dict(size=[height, width], new_s=new, again_s=again))
-    operators = []
-    if args.profile:
+    operators, profiled = [], profile_sizes(args) if args.profile else []
+    if profiled:
         pairs = []
-        for index, size in enumerate(multi_scale_sizes(args.image_size, PROFILE_SHORT_SIDES)):
+        for index, size in enumerate(profiled):
             step = step_of(*size, seed=100 + index)
             pairs.append((operator_host_us(step, cuda)[1], operator_host_us(step, cuda)[1]))
         operators = [dict(operator=n, extra_ms=e, new_ms=a, again_ms=b, calls=c)
                      for n, e, a, b, c in extra_operators(pairs)]
     return dict(spec=spec, name=name, label=label, scan_backend=str(selected_backend(device)), first_step_s=first,
                 warm_up_s=built, steps=records, loss_scale_drops=skipped, operators=operators,
-                **summary(records))
+                profiled_sizes=[list(size) for size in profiled], **summary(records))
+
+
+def profile_sizes(args) -> List[Tuple[int, int]]:
+    """--profile's sizes: those of PROFILE_SHORT_SIDES that are neither timed nor the warm-up's (new to the row)."""
+    taken = set(args.sizes_list) | {tuple(args.base_size)}
+    return [size for size in multi_scale_sizes(args.image_size, PROFILE_SHORT_SIDES) if size not in taken]
 
 
 def summary(records) -> dict:
@@ -180,8 +186,9 @@ def table(rows) -> List[str]:
 
 
 def operator_table(row) -> List[str]:
-    lines = [f'\n{row["label"]}: operators by extra host time at a new size (torch.profiler, self time, mean of '
-             f'{len(PROFILE_SHORT_SIDES)} sizes)',
+    sizes = ', '.join(f'{h}x{w}' for h, w in row['profiled_sizes'])
+    lines = [f'\n{row["label"]}: operators by extra host time at a new size (torch.profiler, self time, mean over '
+             f'{sizes})',
              '| operator | extra ms | new size ms | again ms | calls per step |', '|---|---:|---:|---:|---:|']
     lines += [f'| {op["operator"]} | {op["extra_ms"]:.1f} | {op["new_ms"]:.1f} | {op["again_ms"]:.1f} | '
               f'{op["calls"]:.0f} |' for op in row['operators']]
@@ -284,6 +291,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     for row in rows:
         if row.get('operators'):
             lines += operator_table(row)
+    if args.profile and not profile_sizes(args):
+        lines.append('note: --profile: no size left to profile (the short sides 448 and 416 of this image give sizes '
+                     'already timed or the warm-up\'s)')
     print('\n' + '\n'.join(lines))
     if args.out:
         from mmmambavision.utils import git_commit
