@@ -23,6 +23,15 @@ def test_multi_scale_sizes_of_a_coco_sized_image():
     assert bns.multi_scale_sizes((1024, 800)) == [(w, h) for h, w in expected]  # portrait: the same, transposed
 
 
+def test_the_padding_is_the_configs_data_preprocessors():
+    """PAD stands for the detection configs' pad_size_divisor: the sizes are the batches those configs train on."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    for _, config in bns.benchmark_det.DET_MODELS.values():
+        assert Config.fromfile(osp.join(bns.REPO, config)).model.data_preprocessor.pad_size_divisor == bns.PAD
+
+
 def test_multi_scale_sizes_cap_the_long_side_and_drop_repeats():
     # 400x1600: the long side may be at most 1333/800 of the short side's 800-equivalent, 4x the short side here:
     # every short side above 480 is capped, so all give the capped size once
