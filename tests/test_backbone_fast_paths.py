@@ -149,6 +149,42 @@ def test_mixer_aligns_its_sequence(monkeypatch):
     torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
 
 
+def test_mixer_inference_folds_dt_proj_into_x_proj(monkeypatch):
+    """Without autograd the mixer gets delta, B and C from one matmul (dt_proj's weight multiplied into x_proj's dt
+    rows): a batched matmul fewer than training's path, the float64 reference's outputs, and a weight update (the
+    folded weight is cached) is followed."""
+    from float64_reference import _mixer as reference_mixer
+    torch.manual_seed(0)
+    module = mixer.MambaVisionMixer(64).eval()
+    with torch.no_grad():
+        for p in module.parameters():  # weights of trained magnitude, not the tiny init
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 40, 64)
+    calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, 'bmm', lambda *a: calls.append(1) or bmm(*a))
+
+    def check(step):
+        sd = {k: v.double() for k, v in module.state_dict().items()}
+        want = reference_mixer(x.double(), sd, '')
+        calls.clear()
+        with torch.no_grad():
+            got = module(x)
+        inference_calls = len(calls)
+        calls.clear()
+        trained = module(x)
+        assert (inference_calls, len(calls)) == (3, 4), step  # + the baddbmm of out_proj's second half
+        for out in (got, trained):
+            rel = ((out.double() - want).abs().max() / want.abs().max()).item()
+            assert rel < 1e-5, f'{step}: {rel:.2e}'
+
+    check('initial weights')
+    with torch.no_grad():
+        module.dt_proj.weight.mul_(-1.5)
+        module.x_proj.weight[:module.dt_rank].add_(0.2)
+    check('after an in-place update of dt_proj and x_proj')
+
+
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_outputs_keep_the_input_layout(channels_last):
     model = MambaVision(SMALL_ARCH, window_size=(8, 8, 16, 8)).eval()

@@ -138,3 +138,38 @@ def test_reduce_overhead_training_inside_distributed_data_parallel(backend, tmp_
         assert _graph_roots() > roots_before, 'no CUDA graph was recorded under DDP'
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('backend', GPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize('half', [False, True])
+def test_no_step_waits_for_the_gpu(backend, half):
+    """Eager inference and a training forward + backward never synchronise the host with the device (no ``.item()``,
+    no copy to the host, no data-dependent shape): the host keeps queueing kernels while the GPU works, which is
+    what an inference- or host-bound training step's speed rests on. ``torch.cuda.set_sync_debug_mode('error')``
+    raises at any synchronising call; the first run of each step (lazy initialisation, kernel compilation) is
+    outside it. Padded windows with a cropped last block, and whole-map stages."""
+    model = MambaVision('tiny', window_size=(8, 8, 16, None), drop_path_rate=0.1).cuda()
+    x = torch.randn(2, 3, 200, 264, device='cuda').to(memory_format=torch.channels_last)
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16, enabled=half):
+            return model(x)
+
+    def train():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=half):
+            outs = model(x)
+        sum(o.float().mean() for o in outs).backward()
+        return outs
+
+    for step in (infer, train):
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            outs = step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert [o.shape[-2:] for o in outs] == [(50, 66), (25, 33), (13, 17), (7, 9)], step.__name__

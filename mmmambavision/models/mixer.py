@@ -62,17 +62,36 @@ class MambaVisionMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    def _weights(self, dtype: torch.dtype):
-        """in_proj, x_proj, dt_proj weights, out_proj's halves (transposed) and both depthwise conv kernels (one
-        grouped conv over the concatenated halves), in ``dtype``."""
+    def _weights(self, dtype: torch.dtype, fold_delta: bool):
+        """in_proj's weight, the delta/B/C projection (see :meth:`forward`), out_proj's halves (transposed) and both
+        depthwise conv kernels (one grouped conv over the concatenated halves), in ``dtype``.
+
+        The projection is x_proj's weight, or with ``fold_delta`` one (dim/2 + 2·d_state, dim/2) matrix:
+        ``dt_proj.weight @ x_proj.weight[:dt_rank]`` (multiplied in fp32, or float64 for float64 weights) above
+        x_proj's B and C rows, so that a single matmul gives delta, B and C."""
         def make():
+            w_x = self.x_proj.weight
+            if fold_delta:
+                exact = torch.promote_types(w_x.dtype, torch.float32)
+                w_delta = self.dt_proj.weight.to(exact) @ w_x[:self.dt_rank].to(exact)
+                w_x = torch.cat([w_delta, w_x[self.dt_rank:].to(exact)])
             w_out = self.out_proj.weight.to(dtype)
-            return (self.in_proj.weight.to(dtype), self.x_proj.weight.to(dtype), self.dt_proj.weight.to(dtype),
+            return (self.in_proj.weight.to(dtype), w_x.to(dtype), self.dt_proj.weight.to(dtype),
                     w_out[:, :self.dim // 2].t(), w_out[:, self.dim // 2:].t(),
                     torch.cat([self.conv1d_x.weight, self.conv1d_z.weight], dim=0).to(dtype))
-        sources = (self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.out_proj.weight,
-                   self.conv1d_x.weight, self.conv1d_z.weight)
-        return inference_cached(self, 'weights', sources, make, dtype)
+        return inference_cached(self, 'weights', self._weight_sources(), make, dtype, fold_delta)
+
+    def _batched_weights(self, dtype: torch.dtype, fold_delta: bool, batch: int):
+        """:meth:`_weights`' matrices expanded (views) over ``batch`` for the batched matmuls, and the conv
+        kernels; cached for inference apart from ``_weights`` (a new batch size only expands again)."""
+        def make():
+            *matrices, w_conv = self._weights(dtype, fold_delta)
+            return tuple(w.expand(batch, -1, -1) for w in matrices) + (w_conv, )
+        return inference_cached(self, 'batched', self._weight_sources(), make, dtype, fold_delta, batch)
+
+    def _weight_sources(self):
+        return (self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.out_proj.weight,
+                self.conv1d_x.weight, self.conv1d_z.weight)
 
     def _scan_params(self):
         """A = -exp(A_log), D and the delta bias, fp32. dt_proj's bias is counted twice: ``dt_proj`` keeps its
@@ -92,18 +111,23 @@ class MambaVisionMixer(nn.Module):
         padded = aligned_length(length, hidden_states.device)
         if padded != length:
             hidden_states = F.pad(hidden_states, (0, 0, 0, padded - length))
-        w_in, w_x, w_dt, w_out_y, w_out_z, w_conv = self._weights(compute_dtype(hidden_states, self.in_proj.weight))
-        xz = torch.bmm(w_in.expand(batch, -1, -1), hidden_states.transpose(1, 2))  # (B, dim, L)
+        # Without autograd one matmul gives delta, B and C (dt_proj folded into x_proj, see _weights): a launch
+        # fewer per mixer where inference is bound by host time; training keeps the two projections.
+        fold = not torch.is_grad_enabled()
+        w_in, w_x, w_dt, w_out_y, w_out_z, w_conv = self._batched_weights(
+            compute_dtype(hidden_states, self.in_proj.weight), fold, batch)
+        xz = torch.bmm(w_in, hidden_states.transpose(1, 2))  # (B, dim, L)
         xz = F.silu(F.conv1d(xz, w_conv, padding='same', groups=self.dim))
         x, z = xz[:, :half], xz[:, half:]
-        x_dbl = torch.bmm(w_x.expand(batch, -1, -1), x)  # (B, dt_rank + 2 * d_state, L)
-        dt = x_dbl[:, :self.dt_rank]
-        B = x_dbl[:, self.dt_rank:self.dt_rank + self.d_state]
-        C = x_dbl[:, self.dt_rank + self.d_state:]
-        delta = torch.bmm(w_dt.expand(batch, -1, -1), dt)  # (B, dim / 2, L), bias in delta_bias
+        x_dbl = torch.bmm(w_x, x)  # (B, dt_rank or dim / 2, then 2 * d_state, L)
+        rows = half if fold else self.dt_rank
+        B = x_dbl[:, rows:rows + self.d_state]
+        C = x_dbl[:, rows + self.d_state:]
+        # (B, dim / 2, L), bias in delta_bias
+        delta = x_dbl[:, :half] if fold else torch.bmm(w_dt, x_dbl[:, :self.dt_rank])
         A, D, delta_bias = self._scan_params()
         y = selective_scan(x, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
         if padded != length:  # views: rows of ``padded`` elements stay aligned for the matmuls
             y, z = y[..., :length], z[..., :length]
-        out = torch.bmm(y.transpose(1, 2), w_out_y.expand(batch, -1, -1))  # (B, L, dim)
-        return torch.baddbmm(out, z.transpose(1, 2), w_out_z.expand(batch, -1, -1))
+        out = torch.bmm(y.transpose(1, 2), w_out_y)  # (B, L, dim)
+        return torch.baddbmm(out, z.transpose(1, 2), w_out_z)
