@@ -63,20 +63,21 @@ class MambaVisionMixer(nn.Module):
         self.D._no_weight_decay = True
 
     def _weights(self, dtype: torch.dtype, fold_delta: bool):
-        """in_proj's weight, the delta/B/C projection (see :meth:`forward`), out_proj's halves (transposed) and both
-        depthwise conv kernels (one grouped conv over the concatenated halves), in ``dtype``.
+        """in_proj's weight, the delta/B/C projection (see :meth:`forward`), dt_proj's weight, out_proj's halves
+        (transposed) and both depthwise conv kernels (one grouped conv over the concatenated halves), in ``dtype``.
 
         The projection is x_proj's weight, or with ``fold_delta`` one (dim/2 + 2·d_state, dim/2) matrix:
         ``dt_proj.weight @ x_proj.weight[:dt_rank]`` (multiplied in fp32, or float64 for float64 weights) above
-        x_proj's B and C rows, so that a single matmul gives delta, B and C."""
+        x_proj's B and C rows, so that a single matmul gives delta, B and C; dt_proj's weight is then None."""
         def make():
             w_x = self.x_proj.weight
             if fold_delta:
                 exact = torch.promote_types(w_x.dtype, torch.float32)
                 w_delta = self.dt_proj.weight.to(exact) @ w_x[:self.dt_rank].to(exact)
                 w_x = torch.cat([w_delta, w_x[self.dt_rank:].to(exact)])
+            w_dt = None if fold_delta else self.dt_proj.weight.to(dtype)
             w_out = self.out_proj.weight.to(dtype)
-            return (self.in_proj.weight.to(dtype), w_x.to(dtype), self.dt_proj.weight.to(dtype),
+            return (self.in_proj.weight.to(dtype), w_x.to(dtype), w_dt,
                     w_out[:, :self.dim // 2].t(), w_out[:, self.dim // 2:].t(),
                     torch.cat([self.conv1d_x.weight, self.conv1d_z.weight], dim=0).to(dtype))
         return inference_cached(self, 'weights', self._weight_sources(), make, dtype, fold_delta)
@@ -86,7 +87,7 @@ class MambaVisionMixer(nn.Module):
         kernels; cached for inference apart from ``_weights`` (a new batch size only expands again)."""
         def make():
             *matrices, w_conv = self._weights(dtype, fold_delta)
-            return tuple(w.expand(batch, -1, -1) for w in matrices) + (w_conv, )
+            return tuple(None if w is None else w.expand(batch, -1, -1) for w in matrices) + (w_conv, )
         return inference_cached(self, 'batched', self._weight_sources(), make, dtype, fold_delta, batch)
 
     def _weight_sources(self):
