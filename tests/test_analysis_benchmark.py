@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import benchmark  # tools/analysis_tools, on pytest's pythonpath
+from analysis_tools_cli import usage_error
 from timing import host_time
 
 
@@ -27,10 +28,7 @@ def test_benchmark_cudnn_benchmark_is_on_unless_switched_off():
     (['--runs', 'x'], "argument --runs: invalid int value: 'x'"),
 ])
 def test_benchmark_bad_arguments_exit_with_a_message(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        benchmark.parse_args(args)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(benchmark.parse_args, args, capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal without a CUDA device')
